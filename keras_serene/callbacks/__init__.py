@@ -1,0 +1,1 @@
+"""keras_serene.callbacks: public callbacks."""

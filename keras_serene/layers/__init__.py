@@ -1,0 +1,1 @@
+"""keras_serene.layers: public layers."""

@@ -1,0 +1,1 @@
+"""keras_serene.regularizers: public regularizers."""

@@ -1,0 +1,1 @@
+"""keras_serene.sensitivity: the sensitivity estimators."""

@@ -1,0 +1,2 @@
+"""Work in progress (being written now)."""
+class SensitivityOptimizer: pass
