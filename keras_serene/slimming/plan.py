@@ -1,0 +1,246 @@
+"""The slimming plan: coupled channel groups and the channels each keeps.
+
+`ks.slimming_plan(model)` reads the Keras functional graph (the layers'
+inbound nodes in `model.get_config()`, no tracing) and returns a
+`SlimmingPlan`; `ks.slim(model, plan)` applies it. The plan is plain data,
+JSON-able (`to_json` / `from_json`).
+
+Data structure (stable, used by `ks.prune_by_importance`):
+
+- `plan.groups`: list of `ChannelGroup`, one per set of coupled channels
+  (every layer, weight and axis that must lose the same channel). A group has
+    - `id`: Int. Its index in `plan.groups`.
+    - `size`: Int. Number of channels.
+    - `members`: list of `GroupMember(layer, weight, axis, role, indices,
+      repeat_stride, repeats)`: channel `i` of the group is the slice
+      `indices[i] + k * repeat_stride` (`k < repeats`) of `weight` (a weight
+      name such as `"kernel"`, `"gamma"`) along `axis` (non-negative) of the
+      layer at path `layer` (`"block/conv"` inside a nested model). `role` is
+      `"produces"` (the layer creates the channel: a kernel's output axis and
+      its bias), `"channel"` (a per-channel weight of a pass-through layer:
+      BN statistics, depthwise filters) or `"consumes"` (a consumer's input
+      rows: where constants are folded).
+    - `layers`: list of String. Every layer whose input or output carries
+      the group's channels (activations and pooling included), graph order.
+    - `sources`: list of String. The layers that create the channels
+      (producers). Two or more means a residual sum couples them.
+    - `kept`, `removed`: lists of Int, channel indices kept / removed.
+    - `dead`: list of Int. Channels whose value is a constant (all producing
+      slices zero, or a BN `gamma` exactly 0), removable or not.
+    - `pinned`: Bool, and `reasons`: list of String (why channels are
+      kept: model input or output, broadcast operand, channel-mixing layer,
+      position-dependent constant at a padded convolution...). A pinned group
+      keeps every channel.
+    - `coupled`: Bool. True when the channels cross a residual sum, a
+      multiplicative gate or an elementwise max/min (`len(sources) > 1`).
+- `plan.group_of(layer_name)`: the group holding the output channels of a
+  layer (a Conv, Dense, BatchNormalization...), `plan.groups_of(layer_name)`
+  all groups touching it.
+- `plan.num_removed`, `str(plan)`: a readable table.
+
+References:
+    Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023,
+    https://arxiv.org/abs/2301.12900 (dependency groups).
+    EIDOSLAB `simplify` (Bragagnolo et al., "Simplify: A Python library for
+    optimizing pruned neural networks", SoftwareX 2022): folding the constant
+    output of removed channels into the consumers' biases.
+"""
+
+import dataclasses
+import json
+
+PLAN_FORMAT = "keras_serene.slimming_plan/1"
+
+
+@dataclasses.dataclass
+class GroupMember:
+    """One weight slice that belongs to a channel group.
+
+    Args:
+        layer: String. Layer path (`"outer/inner"` in nested models).
+        weight: String. Weight name (`"kernel"`, `"bias"`, `"gamma"`...).
+        axis: Int. Non-negative axis of the weight holding the channels.
+        role: String. `"produces"`, `"channel"` or `"consumes"`.
+        indices: list of Int. Position of each group channel on `axis`.
+        repeat_stride: Int. Distance between repeats (Flatten). Defaults
+            to `0`.
+        repeats: Int. Positions per channel (Flatten: spatial positions).
+            Defaults to `1`.
+    """
+
+    layer: str
+    weight: str
+    axis: int
+    role: str
+    indices: list
+    repeat_stride: int = 0
+    repeats: int = 1
+
+    def positions(self, channels):
+        """The weight positions on `axis` owned by the given channels."""
+        out = []
+        for i in channels:
+            base = self.indices[i]
+            step = self.repeat_stride
+            out.extend(base + k * step for k in range(self.repeats))
+        return out
+
+
+@dataclasses.dataclass
+class ChannelGroup:
+    """A set of channels that every member must lose together."""
+
+    id: int
+    size: int
+    members: list
+    layers: list
+    sources: list
+    kept: list
+    removed: list
+    dead: list
+    pinned: bool
+    reasons: list
+    coupled: bool
+
+    def to_dict(self):
+        data = dataclasses.asdict(self)
+        return data
+
+    @classmethod
+    def from_dict(cls, data):
+        data = dict(data)
+        data["members"] = [GroupMember(**m) for m in data["members"]]
+        return cls(**data)
+
+    def __str__(self):
+        state = "pinned" if self.pinned else "free"
+        return (
+            f"group {self.id}: {self.size} ch, kept {len(self.kept)}, "
+            f"removed {len(self.removed)}, dead {len(self.dead)} ({state}) "
+            f"sources={self.sources}"
+        )
+
+
+class SlimmingPlan:
+    """Coupled channel groups of a model and the channels kept in each.
+
+    Build it with `ks.slimming_plan(model)`; apply it with
+    `ks.slim(model, plan)`. Edit a group's `kept` (only to keep *more*
+    channels: removing a live channel would change the outputs, which `slim`
+    refuses) to steer the slimmer.
+
+    Example:
+
+    >>> plan = ks.slimming_plan(model)
+    >>> print(plan)
+    >>> ks.slim(model, ks.slimming.SlimmingPlan.from_json(plan.to_json()))
+
+    Args:
+        model_name: String. Name of the planned model.
+        groups: list of `ChannelGroup`.
+    """
+
+    def __init__(self, model_name, groups):
+        self.model_name = model_name
+        self.groups = list(groups)
+
+    # -- look-ups -----------------------------------------------------------
+    def groups_of(self, layer_name):
+        """All groups with a member or a carrying tensor at `layer_name`."""
+        return [
+            g
+            for g in self.groups
+            if layer_name in g.layers
+            or any(m.layer == layer_name for m in g.members)
+        ]
+
+    def group_of(self, layer_name):
+        """The group holding the *output* channels of `layer_name`.
+
+        For a producer that is the group its kernel's output axis belongs
+        to; for a pass-through layer (BatchNormalization...) the group of its
+        per-channel weights. Raises ValueError when the layer has no channel
+        weights or its output spans several groups (a Concatenate).
+        """
+        found = []
+        for g in self.groups:
+            for m in g.members:
+                if m.layer == layer_name and m.role in ("produces", "channel"):
+                    found.append(g)
+                    break
+        if len(found) != 1:
+            known = sorted(
+                {
+                    m.layer
+                    for g in self.groups
+                    for m in g.members
+                    if m.role in ("produces", "channel")
+                }
+            )
+            raise ValueError(
+                f"SlimmingPlan.group_of: layer_name={layer_name!r} has output "
+                f"channels in {len(found)} groups (expected 1). Layers with "
+                f"channel weights: {known}."
+            )
+        return found[0]
+
+    @property
+    def num_removed(self):
+        """Number of channels removed over all groups."""
+        return sum(len(g.removed) for g in self.groups)
+
+    # -- serialisation --------------------------------------------------------
+    def to_dict(self):
+        return {
+            "format": PLAN_FORMAT,
+            "model_name": self.model_name,
+            "groups": [g.to_dict() for g in self.groups],
+        }
+
+    def to_json(self, **kwargs):
+        """The plan as a JSON string (`json.dumps` keyword arguments)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data):
+        if data.get("format") != PLAN_FORMAT:
+            raise ValueError(
+                f"SlimmingPlan.from_dict: format={data.get('format')!r}, "
+                f"expected {PLAN_FORMAT!r}."
+            )
+        groups = [ChannelGroup.from_dict(g) for g in data["groups"]]
+        return cls(data["model_name"], groups)
+
+    @classmethod
+    def from_json(cls, text):
+        """Reads a plan written by `to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, SlimmingPlan)
+            and self.to_dict() == other.to_dict()
+        )
+
+    def __str__(self):
+        lines = [
+            f"SlimmingPlan for {self.model_name!r}: {len(self.groups)} "
+            f"groups, {self.num_removed} channels removed",
+            f"{'id':>4} {'size':>5} {'kept':>5} {'dead':>5}  "
+            f"{'state':<7} sources -> reasons",
+        ]
+        for g in self.groups:
+            state = "pinned" if g.pinned else "free"
+            reasons = "; ".join(g.reasons)
+            lines.append(
+                f"{g.id:>4} {g.size:>5} {len(g.kept):>5} {len(g.dead):>5}  "
+                f"{state:<7} {', '.join(g.sources) or '-'}"
+                + (f" -> {reasons}" if reasons else "")
+            )
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (
+            f"<SlimmingPlan {self.model_name!r}: {len(self.groups)} groups, "
+            f"{self.num_removed} channels removed>"
+        )
