@@ -1,2 +1,324 @@
-"""Work in progress (being written now)."""
-class SensitivityOptimizer: pass
+"""`SensitivityOptimizer`: the one wrapper that applies sensitivity decay.
+
+After the wrapped optimizer's own step, every regularized parameter decays in
+proportion to its insensitivity,
+
+    w <- w - decay * w * relu(1 - S)
+
+(NeurIPS 2018, arXiv 1810.11764, Eq. 9; LOBSTER, arXiv 2011.09905, Eq. 11;
+SeReNe, arXiv 2102.03773, Eq. 9), then the masks put pruned entries back to
+exactly 0.0 and frozen ones to their value from before the step
+(`keras_serene.masks`). As in the authors' code (`EIDOSLAB/LOBSTER`,
+`src/utilities/train.py`: `p -= lmbda * p * relu(1 - |g|)` after
+`optimizer.step()`), the decay is **not** multiplied by the learning rate, and
+S is computed from the minibatch-mean gradient from before the step.
+
+The wrapper follows Keras's `LossScaleOptimizer`: it owns no learning rate,
+delegates `learning_rate` and `iterations` to the inner optimizer (so
+`ReduceLROnPlateau` and schedules work), and nests the inner optimizer in its
+config. Any Keras optimizer can be the inner one: there is no `LobsterSGD`.
+"""
+
+import re
+
+import keras
+from keras import ops
+
+from keras_serene import _distribute
+from keras_serene import masks as masks_lib
+from keras_serene import sensitivity as sensitivity_lib
+
+#: Weight names regularized by default: Dense/Conv kernels and biases and
+#: BatchNormalization scale and shift, as the authors' code regularizes
+#: Linear, Conv2d and BatchNorm parameters.
+REGULARIZED_WEIGHTS = (
+    "kernel",
+    "bias",
+    "depthwise_kernel",
+    "pointwise_kernel",
+    "gamma",
+    "beta",
+)
+
+_BASE_OPTIMIZER_ARGS = (
+    "weight_decay",
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+)
+
+
+def is_regularized(variable, exclude=()):
+    """True when `variable` gets the sensitivity decay.
+
+    Its name (the last part of `variable.path`) must be one of
+    `REGULARIZED_WEIGHTS`, and no `exclude` pattern may match its path
+    (`re.search`, as Keras's `exclude_from_weight_decay` matches names).
+    """
+    if variable.path.split("/")[-1] not in REGULARIZED_WEIGHTS:
+        return False
+    return not any(re.search(pattern, variable.path) for pattern in exclude)
+
+
+@keras.saving.register_keras_serializable(package="keras_serene")
+class SensitivityOptimizer(keras.optimizers.Optimizer):
+    """Wraps an optimizer and decays parameters by their insensitivity.
+
+    After the inner optimizer's step, each regularized variable `w` (Dense
+    and Conv kernels and biases, BatchNormalization `gamma` and `beta`)
+    becomes `w - decay * w * relu(1 - S)`, with `S` from the `sensitivity`
+    estimator; no learning-rate factor, as in the authors' code. Then the
+    masks keep pruned entries at exactly zero and frozen entries unchanged.
+    Use it with `ks.callbacks.SensitivityPruning`, which thresholds the
+    decayed parameters and sets the masks.
+
+    Example:
+
+    ```python
+    model.compile(
+        optimizer=ks.SensitivityOptimizer(
+            keras.optimizers.SGD(0.1), sensitivity="loss", decay=1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, validation_split=0.1, epochs=100,
+              callbacks=[ks.callbacks.SensitivityPruning(patience=20)])
+    ```
+
+    Args:
+        inner_optimizer: `keras.optimizers.Optimizer`. The optimizer taking
+            the gradient step (SGD, Adam, AdamW, ...). Set `clipnorm`,
+            `weight_decay` and the like on it.
+        sensitivity: String or `ks.sensitivity.Sensitivity`. `"loss"`
+            (LOBSTER, `S = |dL/dw|`, no extra pass), `"output"` (NeurIPS
+            2018) or `"neuron"` (SeReNe); the last two need
+            `ks.SensitivityModel`. Defaults to `"loss"`.
+        decay: Float >= 0. The regularization strength lambda. Defaults to
+            `1e-4`.
+        exclude: List of regex strings. Variables whose path matches one are
+            not regularized (they are still masked). Defaults to `None`.
+        name: String. Defaults to `None`.
+
+    References:
+        - [Tartaglione et al., 2018](https://arxiv.org/abs/1810.11764), Eq. 9.
+        - [Tartaglione et al., 2022](https://arxiv.org/abs/2011.09905),
+          Eq. 11.
+    """
+
+    def __init__(
+        self,
+        inner_optimizer,
+        sensitivity="loss",
+        decay=1e-4,
+        exclude=None,
+        name=None,
+        **kwargs,
+    ):
+        for arg in _BASE_OPTIMIZER_ARGS:
+            value = kwargs.pop(arg, None)
+            if value not in (None, False):
+                raise ValueError(
+                    f"SensitivityOptimizer does not take `{arg}`. Instead, "
+                    f"set `{arg}` on the `inner_optimizer`. Received "
+                    f"{arg}={value!r}"
+                )
+        kwargs.pop("learning_rate", None)  # A config of the base class.
+        if kwargs:
+            raise ValueError(
+                "SensitivityOptimizer got unexpected arguments: "
+                f"{sorted(kwargs)}."
+            )
+        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+            raise TypeError(
+                "SensitivityOptimizer: `inner_optimizer` must be a "
+                "`keras.optimizers.Optimizer` instance (Keras 3). Received "
+                f"inner_optimizer={inner_optimizer!r} of type "
+                f"{type(inner_optimizer).__name__}."
+            )
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+            raise TypeError(
+                "SensitivityOptimizer: `decay` must be a float. Received "
+                f"decay={decay!r}"
+            )
+        if decay < 0:
+            raise ValueError(
+                "SensitivityOptimizer: `decay` must be >= 0. Received "
+                f"decay={decay}"
+            )
+        if exclude is None:
+            exclude = []
+        if isinstance(exclude, str) or not all(
+            isinstance(p, str) for p in exclude
+        ):
+            raise TypeError(
+                "SensitivityOptimizer: `exclude` must be a list of regex "
+                f"strings. Received exclude={exclude!r}"
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = inner_optimizer
+        self.sensitivity = sensitivity_lib.get(sensitivity)
+        self.decay = float(decay)
+        self.exclude = list(exclude)
+
+    def build(self, var_list):
+        """Builds the inner optimizer, the masks and the estimator's state."""
+        self.inner_optimizer.build(var_list)
+        self.masks = [
+            self.add_variable(
+                shape=variable.shape,
+                dtype="uint8",
+                initializer="zeros",
+                aggregation="none",
+                name=f"{variable.path.replace('/', '_')}_mask",
+            )
+            for variable in var_list
+        ]
+        self._regularized = [
+            is_regularized(variable, self.exclude) for variable in var_list
+        ]
+        super().build(var_list)
+        self.sensitivity.build(
+            self, [v for v, r in zip(var_list, self._regularized) if r]
+        )
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    @property
+    def regularized_variables(self):
+        """The variables that get the sensitivity decay (once built)."""
+        return [
+            v for v, r in zip(self._trainable_variables, self._regularized) if r
+        ]
+
+    def mask_for(self, variable):
+        """The uint8 mask variable of `variable`, or None."""
+        if not self.built:
+            return None
+        try:
+            return self.masks[self._get_variable_index(variable)]
+        except KeyError:
+            return None
+
+    def apply(self, grads, trainable_variables=None, sensitivities=None):
+        """Inner step, then `w -= decay * w * relu(1 - S)`, then masks.
+
+        Args:
+            grads: list of gradients, one per variable.
+            trainable_variables: the variables (defaults to those the
+                optimizer was built with).
+            sensitivities: optional list, one per variable (None entries for
+                variables without one): S computed outside the optimizer
+                (`ks.SensitivityModel` passes them). When omitted, the
+                estimator computes S from `grads`.
+        """
+        grads = list(grads)
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError(
+                    "SensitivityOptimizer.apply: pass `trainable_variables` "
+                    "or build the optimizer first."
+                )
+            trainable_variables = self._trainable_variables
+        trainable_variables = list(trainable_variables)
+        if not self.built:
+            self.build(trainable_variables)
+        if len(grads) != len(trainable_variables):
+            raise ValueError(
+                f"SensitivityOptimizer.apply: got {len(grads)} gradients for "
+                f"{len(trainable_variables)} variables."
+            )
+        indices = [self._get_variable_index(v) for v in trainable_variables]
+        old_values = [ops.copy(v) for v in trainable_variables]
+        decayed = [
+            i
+            for i, index in enumerate(indices)
+            if self._regularized[index] and grads[i] is not None
+        ]
+        s_values = self._sensitivities(
+            grads, trainable_variables, decayed, sensitivities
+        )
+        self.inner_optimizer.apply(grads, trainable_variables)
+
+        new_values = []
+        for i, (variable, index) in enumerate(
+            zip(trainable_variables, indices)
+        ):
+            value = ops.convert_to_tensor(variable)
+            if i in s_values:
+                s = ops.cast(s_values[i], value.dtype)
+                value = value - ops.cast(self.decay, value.dtype) * value * (
+                    ops.relu(1.0 - s)
+                )
+            new_values.append(
+                masks_lib.keep_masked(value, old_values[i], self.masks[index])
+            )
+        _distribute.assign_all(trainable_variables, new_values)
+
+    def _sensitivities(self, grads, variables, decayed, sensitivities):
+        if self.decay == 0.0 or not decayed:
+            return {}
+        if sensitivities is not None:
+            if len(sensitivities) != len(variables):
+                raise ValueError(
+                    "SensitivityOptimizer.apply: got "
+                    f"{len(sensitivities)} sensitivities for "
+                    f"{len(variables)} variables."
+                )
+            return {
+                i: sensitivities[i]
+                for i in decayed
+                if sensitivities[i] is not None
+            }
+        if self.sensitivity.requires_model:
+            raise ValueError(
+                f"SensitivityOptimizer: sensitivity={self.sensitivity!r} "
+                "needs an extra pass through the model, which a plain "
+                "`model.fit` does not run. Train through "
+                "`ks.SensitivityModel(model)` (compile and fit it instead of "
+                "`model`), or use sensitivity='loss'."
+            )
+        reduced = _distribute.all_reduce_sum([grads[i] for i in decayed])
+        values = self.sensitivity(reduced, [variables[i] for i in decayed])
+        return dict(zip(decayed, values))
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(
+                self.inner_optimizer
+            ),
+            "sensitivity": sensitivity_lib.serialize(self.sensitivity),
+            "decay": self.decay,
+            "exclude": list(self.exclude),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner_optimizer"), custom_objects=custom_objects
+        )
+        sensitivity = sensitivity_lib.deserialize(
+            config.pop("sensitivity"), custom_objects=custom_objects
+        )
+        return cls(inner, sensitivity=sensitivity, **config)

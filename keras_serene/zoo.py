@@ -43,8 +43,9 @@ def lenet5(input_shape=(28, 28, 1), num_classes=10, name="lenet5"):
     return keras.Model(inputs, outputs, name=name)
 
 
-def mobilenet_like(input_shape=(28, 28, 1), num_classes=10, width=32,
-                   name="mobilenet_like"):
+def mobilenet_like(
+    input_shape=(28, 28, 1), num_classes=10, width=32, name="mobilenet_like"
+):
     """Depthwise-separable CNN: conv-BN-ReLU then 3 DW/PW blocks, GAP, head."""
     inputs = keras.Input(input_shape)
     x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(
@@ -53,8 +54,9 @@ def mobilenet_like(input_shape=(28, 28, 1), num_classes=10, width=32,
     x = layers.BatchNormalization()(x)
     x = layers.ReLU()(x)
     for i, multiplier in enumerate((2, 4, 4)):
-        x = layers.DepthwiseConv2D(3, padding="same", use_bias=False,
-                                   strides=2 if i == 1 else 1)(x)
+        x = layers.DepthwiseConv2D(
+            3, padding="same", use_bias=False, strides=2 if i == 1 else 1
+        )(x)
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
         x = layers.Conv2D(width * multiplier, 1, use_bias=False)(x)
@@ -65,8 +67,13 @@ def mobilenet_like(input_shape=(28, 28, 1), num_classes=10, width=32,
     return keras.Model(inputs, outputs, name=name)
 
 
-def small_resnet(input_shape=(28, 28, 1), num_classes=10, width=16, blocks=2,
-                 name="small_resnet"):
+def small_resnet(
+    input_shape=(28, 28, 1),
+    num_classes=10,
+    width=16,
+    blocks=2,
+    name="small_resnet",
+):
     """A small residual CNN: stem, `blocks` basic blocks, GAP, head."""
     inputs = keras.Input(input_shape)
     x = layers.Conv2D(width, 3, padding="same", use_bias=False)(inputs)
