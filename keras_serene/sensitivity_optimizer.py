@@ -165,7 +165,8 @@ class SensitivityOptimizer(keras.optimizers.Optimizer):
 
     def build(self, var_list):
         """Builds the inner optimizer, the masks and the estimator's state."""
-        self.inner_optimizer.build(var_list)
+        if not self.inner_optimizer.built:
+            self.inner_optimizer.build(var_list)
         self.masks = [
             self.add_variable(
                 shape=variable.shape,
