@@ -32,6 +32,8 @@ from keras_serene import regularizers  # noqa: E402
 from keras_serene import sensitivity  # noqa: E402
 from keras_serene.importance_training import ImportanceOptimizer  # noqa: E402
 from keras_serene.sensitivity_optimizer import SensitivityOptimizer  # noqa: E402
+from keras_serene.slimming import slim  # noqa: E402
+from keras_serene.slimming import slimming_plan  # noqa: E402
 from keras_serene.strip import strip_masks  # noqa: E402
 from keras_serene.summary import summary  # noqa: E402
 

@@ -10,9 +10,11 @@ References:
     (Fang et al., CVPR 2023, https://arxiv.org/abs/2301.12900).
 """
 
+from keras_serene.slimming.apply import slim
 from keras_serene.slimming.plan import ChannelGroup
 from keras_serene.slimming.plan import GroupMember
 from keras_serene.slimming.plan import SlimmingPlan
+from keras_serene.slimming.plan import slimming_plan
 from keras_serene.slimming.rules import RULES
 from keras_serene.slimming.rules import ChannelRule
 from keras_serene.slimming.rules import register_rule
@@ -24,4 +26,6 @@ __all__ = [
     "GroupMember",
     "SlimmingPlan",
     "register_rule",
+    "slim",
+    "slimming_plan",
 ]

@@ -49,6 +49,12 @@ References:
 import dataclasses
 import json
 
+import numpy as np
+
+from keras_serene.slimming.channels import ChannelAnalysis
+from keras_serene.slimming.graph import read_graph
+from keras_serene.slimming.rules import rule_for
+
 PLAN_FORMAT = "keras_serene.slimming_plan/1"
 
 
@@ -244,3 +250,156 @@ class SlimmingPlan:
             f"<SlimmingPlan {self.model_name!r}: {len(self.groups)} groups, "
             f"{self.num_removed} channels removed>"
         )
+
+
+def _positions_by_class(classes):
+    """Dict class -> array of positions in a tensor's channel axis."""
+    order = np.argsort(classes, kind="stable")
+    sorted_classes = classes[order]
+    starts = np.flatnonzero(
+        np.r_[True, sorted_classes[1:] != sorted_classes[:-1]]
+    )
+    ends = np.r_[starts[1:], len(order)]
+    return {int(sorted_classes[s]): order[s:e] for s, e in zip(starts, ends)}
+
+
+def _member(layer, path, weight, axis, role, positions_list):
+    array = None
+    for w in layer.weights:
+        if w.name == weight:
+            array = w
+            break
+    if array is None:
+        return None
+    axis = axis % len(array.shape)
+    first = [int(p[0]) for p in positions_list]
+    repeats = len(positions_list[0])
+    stride = 0
+    if repeats > 1:
+        stride = int(positions_list[0][1] - positions_list[0][0])
+    for p in positions_list:
+        expected = p[0] + stride * np.arange(repeats)
+        if len(p) != repeats or not np.array_equal(p, expected):
+            raise ValueError(
+                f"slimming_plan: irregular channel layout at {path}/{weight}."
+            )
+    return GroupMember(path, weight, axis, role, first, stride, repeats)
+
+
+def build_plan(analysis, model_name):
+    """Builds the `SlimmingPlan` of a `ChannelAnalysis`."""
+    graph = analysis.graph
+    ordered_tids = []
+    for node in graph.nodes:
+        ordered_tids.extend(t for t in node.outputs if t not in ordered_tids)
+    positions = {t: _positions_by_class(analysis.ids[t]) for t in ordered_tids}
+    # Signature of a class: the tensors carrying it. Classes with the same
+    # signature form one group, in order of first appearance.
+    signature, order = {}, []
+    for tid in ordered_tids:
+        for cls in analysis.ids[tid]:
+            cls = int(cls)
+            if cls not in signature:
+                signature[cls] = []
+                order.append(cls)
+            if not signature[cls] or signature[cls][-1] != tid:
+                signature[cls].append(tid)
+    groups_by_key = {}
+    for cls in order:
+        groups_by_key.setdefault(tuple(signature[cls]), []).append(cls)
+    groups = []
+    for gid, (key, classes) in enumerate(groups_by_key.items()):
+        tids = set(key)
+        members, layer_paths, sources, coupled = [], [], [], False
+        for node in graph.nodes:
+            touches = tids & (set(node.inputs) | set(node.outputs))
+            if not touches:
+                continue
+            layer_paths.append(node.path)
+            kind = analysis.kinds[node.path][0]
+            if node.layer is None or kind == "input":
+                sources.append(node.path)
+                continue
+            rule = rule_for(node.layer, node.path)
+            if kind in ("produces", "boundary") and node.outputs[0] in tids:
+                sources.append(node.path)
+            coupled |= kind == "couples"
+            specs = []
+            if kind == "produces":
+                if node.outputs[0] in tids:
+                    specs += [
+                        (w, a, "produces", node.outputs[0])
+                        for w, a in rule.out_weights.items()
+                    ]
+                if node.inputs[0] in tids:
+                    specs += [
+                        (w, a, "consumes", node.inputs[0])
+                        for w, a in rule.in_weights.items()
+                    ]
+            elif kind in ("passes", "normalizes_groups"):
+                specs += [
+                    (w, a, "channel", node.inputs[0])
+                    for w, a in rule.channel_weights.items()
+                ]
+            for weight, axis, role, tid in specs:
+                pos = [positions[tid][c] for c in classes]
+                member = _member(node.layer, node.path, weight, axis, role, pos)
+                if member is not None:
+                    members.append(member)
+        reasons = []
+        for cls in classes:
+            reasons.extend(analysis.pins.get(cls, []))
+            reasons.extend(analysis.notes.get(cls, []))
+        pinned = any(cls in analysis.pins for cls in classes)
+        kept = [i for i, c in enumerate(classes) if c not in analysis.removable]
+        removed = [i for i, c in enumerate(classes) if c in analysis.removable]
+        dead = [i for i, c in enumerate(classes) if c in analysis.dead]
+        groups.append(
+            ChannelGroup(
+                id=gid,
+                size=len(classes),
+                members=members,
+                layers=layer_paths,
+                sources=sources,
+                kept=kept,
+                removed=removed,
+                dead=dead,
+                pinned=pinned,
+                reasons=list(dict.fromkeys(reasons)),
+                coupled=coupled or len(sources) > 1,
+            )
+        )
+    plan = SlimmingPlan(model_name, groups)
+    plan._classes = [groups_by_key[k] for k in groups_by_key]
+    return plan
+
+
+def slimming_plan(model):
+    """Plans the physical removal of constant channels from a Keras model.
+
+    Reads the functional graph (no tracing), groups coupled channels (every
+    layer, weight and axis that must lose the same channel) and marks as
+    removed the channels that are constant (every producing slice zero, or a
+    BatchNormalization `gamma` exactly 0) and can be folded exactly into
+    their consumers' biases. Model inputs and outputs, broadcast operands
+    and channel-mixing layers are pinned.
+
+    Example:
+
+    >>> plan = ks.slimming_plan(model)
+    >>> print(plan)            # one line per group
+    >>> plan.group_of("conv1").removed
+
+    Args:
+        model: A functional or Sequential `keras.Model` (nested models are
+            followed).
+
+    Returns:
+        A `SlimmingPlan`.
+
+    References:
+        Papers.md section 7; EIDOSLAB `simplify`; Torch-Pruning groups
+        (https://arxiv.org/abs/2301.12900).
+    """
+    analysis = ChannelAnalysis(read_graph(model))
+    return build_plan(analysis, model.name)
