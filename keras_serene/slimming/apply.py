@@ -161,6 +161,9 @@ class _Rebuilder:
                     f"expects {tuple(w.shape)}."
                 )
             w.assign(array)
+        if new.weights and hasattr(new, "finalize_state"):
+            # Adapted preprocessing layers (Normalization) cache their state.
+            new.finalize_state()
 
     def call(self, node, new, tensors):
         inputs = iter(tensors)
