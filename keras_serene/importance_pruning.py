@@ -166,10 +166,11 @@ def mask_by_importance(
 ):
     """The masked model of `prune_by_importance`, and what was masked.
 
-    Returns a copy of `model` with bounded BNs made plain and, for the
-    channels chosen by global importance, `gamma = 0` (and `beta = 0` when
-    `reset_beta`); same arguments as `prune_by_importance`. `ks.slim` of the
-    masked model is the pruned model.
+    Returns a copy of `model` with bounded BNs made plain, no regulariser on
+    any BN `gamma` and, for the channels chosen by global importance,
+    `gamma = 0` (and `beta = 0` when `reset_beta`); same arguments as
+    `prune_by_importance`. `ks.slim` of the masked model is the pruned
+    model.
 
     Returns:
         A tuple `(masked_model, pruned)`: `pruned` maps each pruned BN's
@@ -183,11 +184,13 @@ def mask_by_importance(
             f"model {model.name!r} has none."
         )
     masked = to_plain_batch_normalization(model)
-    batch_norms = {
-        path: layer
-        for path, layer in _batch_norm_layers(masked).items()
-        if layer.scale
-    }
+    batch_norms = {}
+    for path, layer in _batch_norm_layers(masked).items():
+        if layer.scale:
+            # Fine-tuning goes without the sparsity regulariser (paper).
+            layer.gamma_regularizer = None
+            layer.gamma.regularizer = None
+            batch_norms[path] = layer
     plan = slimming.slimming_plan(masked)
     candidates = _candidates(plan, batch_norms, coupled)
     if not candidates:
@@ -225,8 +228,9 @@ def prune_by_importance(
     `|gamma|` for `BatchNormalization` (network slimming). The
     `floor(ratio * N)` least important of the `N` candidate channels go,
     every group keeping at least `min_channels`; then the masked copy is
-    physically slimmed by `ks.slim`. Fine-tune the result without the
-    regulariser, as the paper does. The input model is not modified.
+    physically slimmed by `ks.slim`. The result's BN layers carry no
+    `gamma` regulariser (RNI's or L1), so fine-tuning goes without it, as in
+    the paper. The input model is not modified.
 
     Example:
 

@@ -125,6 +125,11 @@ def test_slimmed_outputs_equal_the_masked_model(method):
         assert isinstance(
             model.get_layer("bn1"), ks.layers.BoundedBatchNormalization
         )
+    # Fine-tuning goes without the sparsity regulariser; the input keeps it.
+    for i in (1, 2, 3):
+        assert small.get_layer(f"bn{i}").gamma_regularizer is None
+    assert not small.losses
+    assert model.get_layer("bn1").gamma_regularizer is not None
 
 
 def test_ratio_zero_keeps_every_channel():
