@@ -1,0 +1,122 @@
+"""Tests of `ks.to_tflite`, `tflite_ops` and `tflite_latency`."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import layers  # noqa: E402
+
+import keras_serene as ks  # noqa: E402
+from keras_serene.export import run_tflite  # noqa: E402
+from keras_serene.export import tflite_latency  # noqa: E402
+from keras_serene.export import tflite_ops  # noqa: E402
+
+
+def _cnn(hidden=0):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    if hidden:
+        x = layers.Dense(hidden, activation="relu")(x)
+    outputs = layers.Dense(3, name="fc")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _data(n=16):
+    return np.random.default_rng(1).uniform(size=(n, 8, 8, 1)).astype("f4")
+
+
+def _no_flex(ops):
+    return not [op for op in ops if "FLEX" in op.upper()]
+
+
+def test_float_export_matches_keras_and_writes_file(tmp_path):
+    model = _cnn()
+    path = tmp_path / "m.tflite"
+    blob = ks.to_tflite(model, str(path))
+    assert path.read_bytes() == blob
+    ops = tflite_ops(blob)
+    assert "CONV_2D" in ops and "FULLY_CONNECTED" in ops
+    assert _no_flex(ops)
+    x = _data(5)
+    (out,) = run_tflite(blob, [x])
+    assert out.shape == (5, 3)
+    np.testing.assert_allclose(out, model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "float16", "int8"])
+def test_quantized_exports(mode):
+    model = _cnn(hidden=512)  # > 1024 weights: the converter quantizes it
+    x = _data(32)
+    blob = ks.to_tflite(model, quantization=mode, representative_data=x)
+    ops = tflite_ops(blob)
+    assert _no_flex(ops)
+    if mode == "int8":
+        assert "QUANTIZE" in ops
+    if mode == "float16":
+        assert "DEQUANTIZE" in ops
+    (out,) = run_tflite(blob, [x[:4]])
+    assert out.shape == (4, 3)
+    # Smaller than the float32 flatbuffer (weights in 8 or 16 bits).
+    assert len(blob) < len(ks.to_tflite(model, verify_samples=0))
+
+
+def test_sparse_flag_converts_and_verifies():
+    model = _cnn()
+    weights = model.get_layer("fc").get_weights()
+    weights[0][::2] = 0.0
+    model.get_layer("fc").set_weights(weights)
+    blob = ks.to_tflite(model, sparse=True)
+    assert _no_flex(tflite_ops(blob))
+    (out,) = run_tflite(blob, [_data(2)])
+    np.testing.assert_allclose(out, model(_data(2)), atol=1e-5)
+
+
+def test_slimmed_model_exports_smaller():
+    model = _cnn()
+    weights = model.get_layer("conv").get_weights()
+    weights[0][..., :2] = 0.0
+    weights[1][:2] = -1.0  # relu(-1) = 0: dead filters
+    model.get_layer("conv").set_weights(weights)
+    small = ks.slim(model)
+    dense, slim_blob = ks.to_tflite(model), ks.to_tflite(small)
+    assert len(slim_blob) < len(dense)
+    x = _data(3)
+    np.testing.assert_allclose(
+        run_tflite(slim_blob, [x])[0], run_tflite(dense, [x])[0], atol=1e-5
+    )
+
+
+def test_errors():
+    model = _cnn()
+    with pytest.raises(ValueError, match="quantization='int4'"):
+        ks.to_tflite(model, quantization="int4")
+    with pytest.raises(ValueError, match="representative_data"):
+        ks.to_tflite(model, quantization="int8")
+    with pytest.raises(TypeError, match="keras.Model"):
+        ks.to_tflite("model")
+    with pytest.raises(ValueError, match="runs"):
+        tflite_latency(b"", runs=0)
+
+
+def test_verification_catches_a_too_tight_tolerance():
+    model = _cnn()
+    with pytest.raises(ValueError, match="differs from Keras"):
+        ks.to_tflite(
+            model,
+            quantization="dynamic",
+            representative_data=_data(),
+            tolerance=1e-9,
+        )
+
+
+def test_latency_returns_a_positive_float():
+    blob = ks.to_tflite(_cnn(), verify_samples=0)
+    value = tflite_latency(blob, num_threads=1, runs=3, warmup=1)
+    assert isinstance(value, float) and value > 0.0
