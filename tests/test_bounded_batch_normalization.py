@@ -289,6 +289,32 @@ def test_to_plain_batch_normalization_nested_and_centered():
     )
 
 
+def test_to_plain_batch_normalization_compiled_and_sequential():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, name="d"),
+            ks.layers.BoundedBatchNormalization(center=True, name="b"),
+        ]
+    )
+    model.compile(
+        optimizer=ks.ImportanceOptimizer(keras.optimizers.SGD(0.1)),
+        loss="mse",
+    )
+    model.get_layer("b").moving_variance.assign([0.5, 1.0, 2.0, 4.0])
+    plain = ks.layers.to_plain_batch_normalization(model)
+    assert isinstance(plain, keras.Sequential) and not plain.compiled
+    assert type(plain.get_layer("b")) is keras.layers.BatchNormalization
+    x = np.random.default_rng(2).normal(size=(5, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(plain(x)),
+        keras.ops.convert_to_numpy(model(x)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
 def test_to_plain_batch_normalization_rejects_non_models():
     with pytest.raises(TypeError, match="to_plain_batch_normalization"):
         ks.layers.to_plain_batch_normalization(keras.layers.Dense(2))

@@ -206,7 +206,15 @@ def test_residual_skip_prunes_block_internal_channels_only():
 
 
 def test_slimmed_model_keras_round_trip(tmp_path):
-    small = ks.prune_by_importance(_vgg("rni"), 0.5, min_channels=1)
+    model = _vgg("rni")
+    # A compiled model (ImportanceOptimizer) prunes too; the result is not
+    # compiled.
+    model.compile(
+        optimizer=ks.ImportanceOptimizer(keras.optimizers.SGD(0.1)),
+        loss="mse",
+    )
+    small = ks.prune_by_importance(model, 0.5, min_channels=1)
+    assert not small.compiled
     path = os.path.join(tmp_path, "small.keras")
     small.save(path)
     loaded = keras.models.load_model(path)

@@ -28,6 +28,7 @@ from keras import ops
 # `keras_serene.importance_training.ImportanceOptimizer` finds the bounded
 # scales among the variables it receives without knowing the layers.
 BOUNDED_SCALE_TAG = "_keras_serene_bounded_scale"
+_REGISTERED_NAME = "keras_serene>BoundedBatchNormalization"
 
 
 @keras.saving.register_keras_serializable(package="keras_serene")
@@ -197,13 +198,46 @@ class BoundedBatchNormalization(keras.layers.BatchNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
 
-def _plain_layer(layer):
-    """A `BatchNormalization` configured like a bounded layer (not built)."""
-    config = layer.get_config()
-    config["gamma_initializer"] = "ones"
+def _plain_config(entry):
+    """Turns a serialized bounded layer into a serialized plain BN."""
+    config = dict(entry["config"])
+    config["gamma_initializer"] = keras.initializers.serialize(
+        keras.initializers.Ones()
+    )
     config["gamma_regularizer"] = None
     config["gamma_constraint"] = None
-    return keras.layers.BatchNormalization.from_config(config)
+    return {
+        **entry,
+        "module": "keras.layers",
+        "class_name": "BatchNormalization",
+        "registered_name": None,
+        "config": config,
+    }
+
+
+def _convert_configs(model_config):
+    """Replaces bounded layers in a (nested) serialized model config."""
+    layers = []
+    for entry in model_config.get("layers", []):
+        if entry.get("registered_name") == _REGISTERED_NAME:
+            entry = _plain_config(entry)
+        elif isinstance(entry.get("config"), dict) and "layers" in entry.get(
+            "config"
+        ):
+            entry = {**entry, "config": _convert_configs(entry["config"])}
+        layers.append(entry)
+    return {**model_config, "layers": layers}
+
+
+def _copy_weights(old_model, new_model):
+    for old, new in zip(old_model.layers, new_model.layers, strict=True):
+        if isinstance(old, keras.Model):
+            _copy_weights(old, new)
+            continue
+        weights = old.get_weights()
+        if isinstance(old, BoundedBatchNormalization):
+            weights[0] = ops.convert_to_numpy(old.importance)
+        new.set_weights(weights)
 
 
 def to_plain_batch_normalization(model):
@@ -212,7 +246,7 @@ def to_plain_batch_normalization(model):
     Each `BoundedBatchNormalization` becomes a `keras.layers.BatchNormalization`
     with the same name, axis, epsilon, momentum, `center` and moving
     statistics, holding `gamma = sigmoid(w)` and no regulariser on it; every
-    other layer is cloned with its weights. The copy computes the same
+    other layer is copied with its weights. The copy computes the same
     outputs, needs no keras_serene to load, and folds like any BN at export.
     The input model is not modified; the copy is not compiled.
 
@@ -234,29 +268,17 @@ def to_plain_batch_normalization(model):
             "to_plain_batch_normalization expects a keras.Model. Received: "
             f"model={model!r} of type {type(model).__name__}."
         )
-    pairs = []
-
-    def clone_layer(layer):
-        if isinstance(layer, BoundedBatchNormalization):
-            new_layer = _plain_layer(layer)
-        else:
-            new_layer = layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, new_layer))
-        return new_layer
-
-    try:
-        new_model = keras.models.clone_model(
-            model, clone_function=clone_layer, recursive=True
-        )
-    except ValueError as error:
+    serialized = keras.saving.serialize_keras_object(model)
+    if not isinstance(serialized.get("config"), dict) or (
+        "layers" not in serialized["config"]
+    ):
         raise ValueError(
             "to_plain_batch_normalization supports Sequential and Functional "
-            f"models. Could not clone model {model.name!r} of type "
-            f"{type(model).__name__}: {error}"
-        ) from error
-    for old, new in pairs:
-        weights = old.get_weights()
-        if isinstance(old, BoundedBatchNormalization):
-            weights[0] = ops.convert_to_numpy(old.importance)
-        new.set_weights(weights)
+            f"models. Received model {model.name!r} of type "
+            f"{type(model).__name__}, whose config lists no layers."
+        )
+    serialized.pop("compile_config", None)
+    serialized["config"] = _convert_configs(serialized["config"])
+    new_model = keras.saving.deserialize_keras_object(serialized)
+    _copy_weights(model, new_model)
     return new_model
