@@ -205,13 +205,13 @@ class SensitivityPruning(keras.callbacks.Callback):
                 zero=True,
             )
         self._zero_dead_neurons(commit=True)
-        self.threshold = search.threshold
+        self.threshold = float(search.threshold)
         self._best_weights = None
         sparsity = self._sparsity()
         self.history.append(
             {
                 "epoch": epoch + 1,
-                "threshold": search.threshold,
+                "threshold": float(search.threshold),
                 "loss_before": initial_loss,
                 "loss_after": search.loss,
                 "bound": search.bound,
