@@ -33,6 +33,7 @@ from keras_serene import sensitivity  # noqa: E402
 from keras_serene.export import to_tflite  # noqa: E402
 from keras_serene.importance_pruning import prune_by_importance  # noqa: E402
 from keras_serene.importance_training import ImportanceOptimizer  # noqa: E402
+from keras_serene.sensitivity_model import SensitivityModel  # noqa: E402
 from keras_serene.sensitivity_optimizer import SensitivityOptimizer  # noqa: E402
 from keras_serene.slimming import slim  # noqa: E402
 from keras_serene.slimming import slimming_plan  # noqa: E402

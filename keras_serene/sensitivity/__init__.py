@@ -9,11 +9,17 @@ estimator) into an estimator.
 """
 
 from keras_serene.sensitivity.loss_sensitivity import LossSensitivity
+from keras_serene.sensitivity.neuron_sensitivity import NeuronSensitivity
+from keras_serene.sensitivity.output_sensitivity import OutputSensitivity
 from keras_serene.sensitivity.sensitivity import Sensitivity
 from keras_serene.sensitivity.sensitivity import deserialize
 from keras_serene.sensitivity.sensitivity import serialize
 
-_BY_NAME = {"loss": LossSensitivity}
+_BY_NAME = {
+    "loss": LossSensitivity,
+    "output": OutputSensitivity,
+    "neuron": NeuronSensitivity,
+}
 
 
 def register(name, cls):
