@@ -1,0 +1,579 @@
+"""`EquilibriumFreezing`: NEq, neurons at equilibrium are not updated.
+
+At the end of every epoch the callback runs a fixed validation subset through
+the model in inference mode, compares each neuron's outputs with those of the
+previous epoch (cosine per sample over the neuron's map, `phi`), and freezes
+for the next epoch the neurons whose velocity `v = dphi - mu * v` is below
+`epsilon` (Bragagnolo, Tartaglione, Grangetto, NeurIPS 2022,
+https://openreview.net/forum?id=LGDfv0U7MJR, arXiv 2207.09455, Sec. 3; the
+maths is in `keras_serene.equilibrium`). The first epoch is a warm-up: the
+reference outputs are taken before training, as the authors' code
+(`EIDOSLAB/NEq`, `src/train_classification.py`) does, and the first masks
+apply from the second epoch. Masks are recomputed every epoch, so a neuron can
+leave equilibrium.
+
+Choices, following the authors' code where the paper is loose:
+
+- Neuron outputs are the layers' *pre-activation* outputs: the code hooks
+  `nn.Conv2d` and `nn.BatchNorm2d` modules, whose outputs come before the
+  ReLU module. A Keras layer with a fused activation is read through a linear
+  copy of itself (the side model of `keras_serene.metrics.psp_entropy`).
+- Neurons are convolution output channels and BatchNormalization channels by
+  default; Dense units only with `include_dense=True`, because the code never
+  hooks `nn.Linear`, so the published results freeze no Dense unit.
+- Freezing uses the shared masks (`keras_serene.masks`, `FROZEN` bit): the
+  optimizer step is undone on frozen slices, so momentum, Adam moments and
+  decoupled weight decay cannot move them. The optimizer state of a frozen
+  entry keeps following its gradient (the code's `MaskedSGD` zeroes the
+  gradient, so its momentum decays instead).
+- Beyond the paper: when all the neurons of a layer with a kernel (Dense,
+  Conv) are frozen, the layer is made non-trainable for the next epoch and
+  `fit`'s train function is rebuilt, so TensorFlow does not compute its
+  weight gradients at all (zeroed gradients save no time). A
+  BatchNormalization layer is never skipped: a non-trainable Keras BN runs in
+  inference mode, which would change the forward pass.
+"""
+
+import keras
+import numpy as np
+
+from keras_serene import equilibrium as eq
+from keras_serene import masks as masks_lib
+from keras_serene import neurons as neurons_lib
+from keras_serene.metrics.psp_entropy import _build_side_model
+from keras_serene.metrics.psp_entropy import is_dataset
+
+
+@keras.saving.register_keras_serializable(package="keras_serene")
+class EquilibriumFreezing(keras.callbacks.Callback):
+    """Freezes the neurons at equilibrium for the next epoch (NEq).
+
+    Each epoch, on a fixed validation subset run in inference mode, every
+    neuron gets `phi` (mean over samples of the cosine between its outputs
+    at this epoch and the previous one), `dphi = phi - phi_prev` and a
+    velocity `v = dphi - mu * v_prev`; the neurons with `|v| < epsilon` are
+    not updated during the next epoch (their parameters stay bit-for-bit
+    unchanged). Each epoch's logs get `frozen_fraction` (neurons frozen
+    during the epoch) and `backprop_flops_saved` (the share of the backward
+    FLOPs of the Dense/Conv/BN layers spent on frozen neurons:
+    `sum_l flops_l * frozen_l / sum_l flops_l`, counted from the layer
+    shapes); `layer_stats` holds the per-layer detail.
+
+    When the model is compiled with a plain Keras optimizer, the callback
+    wraps it in `ks.SensitivityOptimizer(optimizer, decay=0.0)` (a pure
+    masking wrapper that keeps the inner optimizer's state; under a
+    `LossScaleOptimizer` its inner optimizer is wrapped), assigns it to
+    `model.optimizer` and rebuilds the train function. Place it before
+    `ks.callbacks.SensitivityPruning` in the callback list, or compile with
+    `ks.SensitivityOptimizer`. Frozen flags and skipped layers are cleared at
+    the end of `fit`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=..., metrics=["accuracy"])
+    neq = ks.callbacks.EquilibriumFreezing(x_train, subset=0.01)
+    model.fit(x_train, y_train, epochs=50, callbacks=[neq])
+    neq.history[-1]["frozen_fraction"]
+    ```
+
+    Args:
+        validation_data: Inputs `x` (array, or list/dict of arrays), an
+            `(x, y)` or `(x, y, sample_weight)` tuple, or a batched
+            `tf.data.Dataset` / `keras.utils.PyDataset` (read once; only the
+            inputs are kept, in a fixed order).
+        epsilon: Float > 0. Equilibrium threshold on `|v|`. Defaults to
+            `1e-3`.
+        velocity_momentum: Float in [0, 1). `mu`. Defaults to `0.5`.
+        velocity_form: String. `"paper"` (`v = dphi - mu * v_prev`) or
+            `"code"` (the authors' code, `dphi - (1 - mu) * sum_j
+            mu^(t-1-j) dphi_j`). Defaults to `"paper"`.
+        include_dense: Bool. Also freeze Dense units. Defaults to `False`
+            (the authors' code freezes Conv and BatchNorm only).
+        skip_frozen_layers: Bool. Make a Dense/Conv layer non-trainable for
+            an epoch when all its neurons are frozen, so its weight
+            gradients are not computed. Defaults to `True`.
+        subset: None, int >= 1 or float in (0, 1]. Keep only this many (or
+            this fraction, rounded down) samples of `validation_data`,
+            drawn once with `seed`: pass the training inputs and
+            `subset=0.01` for the paper's setting. Defaults to `None` (all).
+        seed: Int. Seed of the subset draw. Defaults to `0`.
+        verbose: Int. 1 prints one line per epoch. Defaults to `0`.
+
+    References:
+        - [Bragagnolo et al., NeurIPS 2022](
+          https://openreview.net/forum?id=LGDfv0U7MJR), Sec. 3.
+    """
+
+    def __init__(
+        self,
+        validation_data,
+        epsilon=1e-3,
+        velocity_momentum=0.5,
+        velocity_form="paper",
+        include_dense=False,
+        skip_frozen_layers=True,
+        subset=None,
+        seed=0,
+        verbose=0,
+    ):
+        super().__init__()
+        name = "EquilibriumFreezing"
+        self.epsilon = eq.check_epsilon(epsilon, name)
+        self.velocity_momentum = eq.check_momentum(velocity_momentum, name)
+        self.velocity_form = eq.check_form(velocity_form, name)
+        for arg, value in (
+            ("include_dense", include_dense),
+            ("skip_frozen_layers", skip_frozen_layers),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(
+                    f"{name}: `{arg}` must be True or False. Received "
+                    f"{arg}={value!r}"
+                )
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(
+                f"{name}: `seed` must be an int. Received seed={seed!r}"
+            )
+        self.include_dense = include_dense
+        self.skip_frozen_layers = skip_frozen_layers
+        self.subset = subset
+        self.seed = int(seed)
+        self.verbose = verbose
+        self.inputs = _subset_inputs(validation_data, subset, seed)
+        self.num_samples = _num_samples(self.inputs)
+        self.history = []
+        self.layer_stats = {}
+        self._records = []
+        self._passive_flops = []
+
+    # -- fit hooks ---------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self.restore()
+        self._optimizer, wrapped = _masking_optimizer(self.model)
+        self._records, self._passive_flops = _neuron_records(
+            self.model, self.include_dense
+        )
+        self._side = _SideModel(self.model, self._records, self.inputs)
+        self._side.run(self._records, compare=False)
+        for record in self._records:
+            record.reset()
+        self._apply_masks(force=True)
+        self.history = []
+        self.layer_stats = {}
+        if wrapped:
+            self.model.make_train_function(force=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        frozen_fraction, flops_saved = self._write_stats(epoch)
+        logs["frozen_fraction"] = frozen_fraction
+        logs["backprop_flops_saved"] = flops_saved
+        phis = self._side.run(self._records, compare=True)
+        for record, phi_now in zip(self._records, phis):
+            dphi = eq.delta_phi(phi_now, record.phi)
+            record.velocity, record.state = eq.velocity_step(
+                self.velocity_form,
+                dphi,
+                record.state,
+                self.velocity_momentum,
+            )
+            record.phi = phi_now
+            record.frozen = eq.at_equilibrium(record.velocity, self.epsilon)
+        self._apply_masks()
+        skipped = self._update_skips()
+        if self.verbose:
+            total = sum(r.frozen.size for r in self._records)
+            frozen = sum(int(r.frozen.sum()) for r in self._records)
+            print(
+                f"\nEpoch {epoch + 1}: EquilibriumFreezing froze "
+                f"{frozen}/{total} neurons for the next epoch"
+                + (f", skipping {', '.join(skipped)}." if skipped else ".")
+            )
+
+    def on_train_end(self, logs=None):
+        self.restore()
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def frozen(self):
+        """Layer name -> bool array: neurons frozen for the next epoch."""
+        return {r.layer.name: r.frozen.copy() for r in self._records}
+
+    @property
+    def velocity(self):
+        """Layer name -> the last velocity of each neuron."""
+        return {r.layer.name: r.velocity.copy() for r in self._records}
+
+    def restore(self):
+        """Makes skipped layers trainable and clears the frozen flags.
+
+        Called at the start and end of `fit`; call it yourself if `fit` was
+        interrupted.
+        """
+        if any(r.skipped for r in self._records):
+            for record in self._records:
+                if record.skipped:
+                    record.layer.trainable = True
+                    record.skipped = False
+            self.model.make_train_function(force=True)
+        if any(r.applied.any() for r in self._records):
+            for record in self._records:
+                record.frozen = np.zeros_like(record.frozen)
+            self._apply_masks()
+
+    def _apply_masks(self, force=False):
+        for record in self._records:
+            if not force and np.array_equal(record.frozen, record.applied):
+                continue
+            for weight in record.weights:
+                where = np.reshape(
+                    record.frozen,
+                    neurons_lib.neuron_shape(
+                        weight.kind, weight.variable.shape
+                    ),
+                )
+                masks_lib.set_flag(
+                    self._optimizer, weight.variable, masks_lib.FROZEN, where
+                )
+            record.applied = record.frozen.copy()
+
+    def _update_skips(self):
+        changed = False
+        for record in self._records:
+            skip = (
+                self.skip_frozen_layers
+                and record.skippable
+                and bool(record.frozen.all())
+            )
+            if skip != record.skipped:
+                record.layer.trainable = not skip
+                record.skipped = skip
+                changed = True
+        if changed:
+            self.model.make_train_function(force=True)
+        return [r.layer.name for r in self._records if r.skipped]
+
+    def _write_stats(self, epoch):
+        """Figures of the epoch that just ran (masks set one epoch before)."""
+        flops = [r.flops for r in self._records]
+        fractions = [float(r.applied.mean()) for r in self._records]
+        considered = sum(r.applied.size for r in self._records)
+        frozen = sum(int(r.applied.sum()) for r in self._records)
+        frozen_fraction = frozen / considered if considered else 0.0
+        flops += self._passive_flops
+        fractions += [0.0] * len(self._passive_flops)
+        flops_saved = eq.backprop_flops_saved(flops, fractions)
+        self.layer_stats = {
+            r.layer.name: {
+                "neurons": int(r.applied.size),
+                "frozen": int(r.applied.sum()),
+                "backprop_flops": float(r.flops),
+                "skipped": bool(r.skipped),
+            }
+            for r in self._records
+        }
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "frozen_fraction": frozen_fraction,
+                "backprop_flops_saved": flops_saved,
+                "skipped": [r.layer.name for r in self._records if r.skipped],
+            }
+        )
+        return frozen_fraction, flops_saved
+
+    def get_config(self):
+        return {
+            "epsilon": self.epsilon,
+            "velocity_momentum": self.velocity_momentum,
+            "velocity_form": self.velocity_form,
+            "include_dense": self.include_dense,
+            "skip_frozen_layers": self.skip_frozen_layers,
+            "subset": self.subset,
+            "seed": self.seed,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "validation_data" not in config:
+            raise ValueError(
+                "EquilibriumFreezing.from_config: the config holds no data; "
+                'add `config["validation_data"] = x` (or a dataset) first.'
+            )
+        return cls(**config)
+
+
+def _masking_optimizer(model):
+    """The model's `SensitivityOptimizer`, wrapping a plain one if needed."""
+    from keras_serene.sensitivity_optimizer import SensitivityOptimizer
+
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        raise ValueError(
+            "EquilibriumFreezing: the model has no optimizer; compile it "
+            "before calling `fit`."
+        )
+    try:
+        found = masks_lib.mask_optimizer(model, caller="EquilibriumFreezing")
+        wrapped = False
+    except ValueError:
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            found = SensitivityOptimizer(optimizer.inner_optimizer, decay=0.0)
+            optimizer.inner_optimizer = found
+        else:
+            found = SensitivityOptimizer(optimizer, decay=0.0)
+            model.optimizer = found
+        wrapped = True
+    masks_lib.ensure_built(found, model)
+    return found, wrapped
+
+
+# -- data, neurons and the side model (private) ----------------------------
+
+_CALLER = "EquilibriumFreezing"
+_PROBE_BATCH = 128
+
+
+def _inputs_of(data):
+    """The inputs of `validation_data` as NumPy arrays (a dataset is read)."""
+    if data is None:
+        raise ValueError(
+            f"{_CALLER}: `validation_data` is required (inputs, an (x, y) "
+            "tuple or a batched dataset). Received validation_data=None"
+        )
+    if is_dataset(data):
+        if isinstance(data, keras.utils.PyDataset):
+            elements = (data[i] for i in range(len(data)))
+        else:
+            elements = iter(data)
+        batches = []
+        for element in elements:
+            if isinstance(element, tuple):
+                element = element[0]
+            batches.append(keras.tree.map_structure(np.asarray, element))
+        if not batches:
+            raise ValueError(
+                f"{_CALLER}: the validation subset is empty: "
+                "`validation_data` yielded no batch."
+            )
+        return keras.tree.map_structure(
+            lambda *parts: np.concatenate(parts, axis=0), *batches
+        )
+    if isinstance(data, tuple):
+        if len(data) not in (2, 3):
+            raise ValueError(
+                f"{_CALLER}: a tuple `validation_data` must be (x, y) or "
+                f"(x, y, sample_weight). Received a tuple of length "
+                f"{len(data)}"
+            )
+        data = data[0]
+    return keras.tree.map_structure(np.asarray, data)
+
+
+def _num_samples(x):
+    leaves = keras.tree.flatten(x)
+    if not leaves or any(np.ndim(leaf) == 0 for leaf in leaves):
+        raise ValueError(
+            f"{_CALLER}: `validation_data` must hold arrays with a sample "
+            f"axis. Received {type(x).__name__}"
+        )
+    lengths = {len(leaf) for leaf in leaves}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"{_CALLER}: the inputs in `validation_data` have different "
+            f"numbers of samples: {sorted(lengths)}"
+        )
+    return lengths.pop()
+
+
+def _subset_size(subset, n):
+    if subset is None:
+        k = n
+    elif isinstance(subset, bool) or not isinstance(
+        subset, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(
+            f"{_CALLER}: `subset` must be None, an int >= 1 or a float in "
+            f"(0, 1]. Received subset={subset!r}"
+        )
+    elif isinstance(subset, (int, np.integer)):
+        if subset < 1 or subset > n:
+            raise ValueError(
+                f"{_CALLER}: an int `subset` must be in [1, {n}] (the "
+                f"samples in `validation_data`). Received subset={subset}"
+            )
+        k = int(subset)
+    else:
+        if not 0.0 < subset <= 1.0:
+            raise ValueError(
+                f"{_CALLER}: a float `subset` must be in (0, 1]. Received "
+                f"subset={subset}"
+            )
+        k = int(np.floor(subset * n))
+    if k == 0:
+        raise ValueError(
+            f"{_CALLER}: the validation subset is empty: subset={subset!r} "
+            f"of {n} samples leaves none. Pass more data or a larger subset."
+        )
+    return k
+
+
+def _subset_inputs(data, subset, seed):
+    """The fixed subset of inputs: drawn once with `seed`, in data order."""
+    x = _inputs_of(data)
+    n = _num_samples(x)
+    k = _subset_size(subset, n)
+    if k < n:
+        rng = np.random.default_rng(int(seed))
+        index = np.sort(rng.choice(n, size=k, replace=False))
+        x = keras.tree.map_structure(lambda a: a[index], x)
+    return x
+
+
+class _NeuronRecord:
+    """One layer whose neurons may be frozen, and its NEq state."""
+
+    def __init__(self, layer, weights):
+        self.layer = layer
+        self.weights = weights
+        self.size = weights[0].num_neurons
+        self.axis = _channel_axis(layer)
+        ids = {id(w.variable) for w in weights}
+        self.skippable = any(w.kind != "vector" for w in weights) and ids == {
+            id(v) for v in layer.trainable_variables
+        }
+        self.previous = None  # float32 (samples, positions, neurons) maps
+        self.positions = 1
+        self.flops = 0.0
+        self.skipped = False
+        self.reset()
+
+    def reset(self):
+        self.phi = np.ones(self.size)  # phi^(-1) = 1, as the code's buffer
+        self.state = np.zeros(self.size)
+        self.velocity = np.zeros(self.size)
+        self.frozen = np.zeros(self.size, dtype=bool)
+        self.applied = np.zeros(self.size, dtype=bool)
+        self.flops = _backprop_flops(self.layer, self.weights, self.positions)
+
+
+def _channel_axis(layer):
+    if isinstance(layer, keras.layers.BatchNormalization):
+        axis = layer.axis
+        return axis[0] if isinstance(axis, (list, tuple)) else int(axis)
+    if getattr(layer, "data_format", None) == "channels_first":
+        return 1
+    return -1
+
+
+def _backprop_flops(layer, weights, positions):
+    """Backward FLOPs per sample: 4 x MACs per kernel, 2 per map element.
+
+    A kernel's weight and input gradients cost one MAC (two FLOPs) each per
+    forward MAC; a per-channel vector (bias, gamma, beta) one
+    multiply-accumulate per output element.
+    """
+    size = weights[0].num_neurons
+    flops = 0.0
+    for weight in weights:
+        if weight.kind == "vector":
+            flops += 2.0 * positions * size
+            continue
+        kernel_positions = positions
+        if weight.kind == "second_last":  # transposed conv: input positions
+            kernel_positions = positions / np.prod(
+                getattr(layer, "strides", (1,))
+            )
+        flops += 4.0 * kernel_positions * np.prod(weight.variable.shape)
+    return float(flops)
+
+
+def _symbolic_positions(layer):
+    try:
+        shape = layer.output.shape[1:]
+    except (AttributeError, ValueError):
+        return 1
+    if len(shape) <= 1:
+        return 1
+    axis = _channel_axis(layer) % (len(shape) + 1) - 1
+    dims = [d for i, d in enumerate(shape) if i != axis]
+    return int(np.prod([d if d is not None else 1 for d in dims]))
+
+
+def _neuron_records(model, include_dense):
+    """Records of the layers to watch; backward FLOPs of the other ones."""
+    top = {id(layer) for layer in model.layers}
+    records, passive = [], []
+    for layer, weights in neurons_lib.neuron_layers(model):
+        if isinstance(layer, keras.layers.Dense) and not include_dense:
+            passive.append(
+                _backprop_flops(layer, weights, _symbolic_positions(layer))
+            )
+            continue
+        if id(layer) not in top:
+            raise ValueError(
+                f"{_CALLER}: layer {layer.name!r} sits inside a nested model; "
+                "only the top-level layers of a Functional or Sequential "
+                "model can be watched. Flatten the model first."
+            )
+        records.append(_NeuronRecord(layer, weights))
+    if not records:
+        raise ValueError(
+            f"{_CALLER}: model {model.name!r} has no trainable Conv or "
+            "BatchNormalization layer"
+            + ("" if include_dense else " (pass include_dense=True for Dense)")
+            + " whose neurons could be frozen."
+        )
+    return records, passive
+
+
+class _SideModel:
+    """Runs the subset and streams `phi`, keeping only previous outputs."""
+
+    def __init__(self, model, records, x):
+        self.pairs, self.model = _build_side_model(
+            model, [r.layer for r in records]
+        )
+        self.x = x
+        self.n = _num_samples(x)
+        expected = [len(t.shape) for t in keras.tree.flatten(model.inputs)]
+        received = [np.ndim(a) for a in keras.tree.flatten(x)]
+        if expected != received:
+            raise ValueError(
+                f"{_CALLER}: `validation_data` inputs have ranks {received} "
+                f"but model {model.name!r} takes ranks {expected} (a dataset "
+                "must be batched)."
+            )
+
+    def run(self, records, compare):
+        """One pass; returns each layer's `phi` when `compare`."""
+        for layer, clone in self.pairs:
+            if clone is not None:
+                clone.set_weights(layer.get_weights())
+        accumulators = [eq.PhiAccumulator() for _ in records]
+        for start in range(0, self.n, _PROBE_BATCH):
+            stop = min(self.n, start + _PROBE_BATCH)
+            window = slice(start, stop)
+            batch = keras.tree.map_structure(lambda a, w=window: a[w], self.x)
+            outputs = self.model.predict_on_batch(batch)
+            if not isinstance(outputs, (list, tuple)):
+                outputs = [outputs]
+            for record, accumulator, z in zip(records, accumulators, outputs):
+                z = eq.to_neuron_maps(np.asarray(z, np.float32), record.axis)
+                if record.previous is None:
+                    record.previous = np.zeros(
+                        (self.n,) + z.shape[1:], np.float32
+                    )
+                    record.positions = z.shape[1] if z.ndim == 3 else 1
+                if compare:
+                    accumulator.update(z, record.previous[start:stop])
+                record.previous[start:stop] = z
+        if compare:
+            return [a.result() for a in accumulators]
+        return None
