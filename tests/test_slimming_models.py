@@ -54,7 +54,7 @@ def _randomize_bn(model):
 
 
 def _check(model, small, seed=0):
-    shape = (4,) + tuple(model.input.shape[1:])
+    shape = (4,) + tuple(model.inputs[0].shape[1:])
     x = np.random.default_rng(seed).normal(size=shape).astype("float32")
     expected = np.asarray(model(x, training=False))
     got = np.asarray(small(x, training=False))
@@ -332,3 +332,22 @@ def test_keras_round_trip_without_keras_serene(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"OK {small.count_params()}" in result.stdout
+
+
+def test_sequential_model_stays_sequential():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            layers.Conv2D(4, 1, name="c"),
+            layers.ReLU(),
+            layers.Flatten(),
+            layers.Dense(3),
+        ]
+    )
+    _kill(model, "c", [1], bias=0.5)
+    small = ks.slim(model)
+    _check(model, small)
+    assert isinstance(small, keras.Sequential)
+    # c: 2 + 1, Dense rows: 36 positions x 3.
+    assert model.count_params() - small.count_params() == 3 + 36 * 3
