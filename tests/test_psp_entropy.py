@@ -2,6 +2,9 @@
 
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -372,3 +375,52 @@ def test_model_trained_with_logger_saves_and_loads(tmp_path):
         ks.metrics.psp_entropy(model, x, y),
         ks.metrics.psp_entropy(loaded, x, y),
     )
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import os
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import keras_serene as ks
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6, 6, 1)).astype("float32")
+    y = rng.integers(0, 3, 64)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((6, 6, 1))
+        h = keras.layers.Conv2D(3, 3, activation="relu", name="conv")(inputs)
+        h = keras.layers.Flatten()(h)
+        outputs = keras.layers.Dense(3, name="out")(h)
+        model = keras.Model(inputs, outputs)
+        model.compile(
+            optimizer="sgd",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    logger = ks.callbacks.PSPEntropyLogger((x, y), per="channel")
+    history = model.fit(x, y, epochs=2, batch_size=16, verbose=0,
+                        callbacks=[logger])
+    assert model.distribute_strategy.num_replicas_in_sync == 2
+    expected = ks.metrics.psp_entropy(model, x, y, per="channel")
+    logged = history.history["psp_entropy/conv"]
+    assert logged[-1] == expected["conv"]["mean"], (logged, expected)
+    print("MIRRORED_OK")
+    """
+)
+
+
+@pytest.mark.slow
+def test_logger_under_mirrored_strategy():
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]

@@ -194,7 +194,7 @@ class PSPEntropyCounter:
             int(labels.max()) + 1 if len(labels) else 0,
         )
         self._grow(k)
-        onehot = np.zeros((len(labels), k), dtype=np.float32)
+        onehot = np.zeros((len(labels), k), dtype=np.float64)
         onehot[np.arange(len(labels)), labels] = 1.0
         self._class_counts += onehot.sum(axis=0)
         indicators = [
@@ -206,7 +206,7 @@ class PSPEntropyCounter:
             self._positions = [positions for _, positions, _ in indicators]
             self._neuron_shapes = [shape for _, _, shape in indicators]
         for i, (on, _, _) in enumerate(indicators):
-            self._on[i] += (on.T @ onehot).astype(np.float64)
+            self._on[i] += on.T @ onehot
 
     def result(self, num_classes=None):
         if self._on is None or self._class_counts.sum() == 0:
@@ -259,7 +259,8 @@ class PSPEntropyCounter:
             on = np.moveaxis(on, 1, -1)
         channels = on.shape[-1]
         on = on.reshape(batch, -1, channels)
-        return on.sum(axis=1), on.shape[1], (channels,)
+        # float64: batch * positions counts may exceed float32's 2**24.
+        return on.sum(axis=1, dtype=np.float64), on.shape[1], (channels,)
 
 
 def _binary_entropy(p):
