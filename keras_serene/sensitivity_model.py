@@ -45,6 +45,10 @@ class ModelPass:
             layers (empty unless the estimator asks for them).
         loss_gradients: list of `dL/dz`, aligned with `preactivations`
             (empty unless the estimator asks for them).
+
+    Compute the targets to differentiate inside `with
+    model_pass.recording():`, then call `model_pass.gradient(target,
+    sources)` outside it.
     """
 
     def __init__(
@@ -66,6 +70,14 @@ class ModelPass:
         self.preactivations = preactivations
         self.loss_gradients = loss_gradients
         self.num_replicas = num_replicas
+
+    def recording(self):
+        """A context in which computations are recorded for `gradient`.
+
+        The targets an estimator differentiates (e.g. `sum_k a_k y_k`) must
+        be computed inside it: the tape of the step records again.
+        """
+        return self._tape
 
     def gradient(self, target, sources):
         """`d target / d source` for each source (zeros when unconnected)."""

@@ -215,8 +215,9 @@ class NeuronSensitivity(Sensitivity):
 
         `model_pass` carries `variables`, `regularized`, `outputs`,
         `preactivations` (list of `(layer, z, neuron weights)`),
-        `loss_gradients` (dL/dz, aligned), `gradient(target, sources)` and
-        `replica_mean(tensors)`.
+        `loss_gradients` (dL/dz, aligned), `recording()`,
+        `gradient(target, sources)` and `replica_mean(tensors)` (see
+        `keras_serene.sensitivity_model`).
         """
         layers = [layer for layer, _, _ in model_pass.preactivations]
         zs = [z for _, z, _ in model_pass.preactivations]
@@ -238,20 +239,24 @@ class NeuronSensitivity(Sensitivity):
         return self._broadcast(model_pass, values)
 
     def _output_sensitivities(self, model_pass, layers, zs):
-        y = single_output(model_pass.outputs, "NeuronSensitivity")
-        alpha = 1.0 / float(y.shape[-1])
-        if self.estimator == "lower_bound":
-            grads = model_pass.gradient(alpha * ops.sum(y), zs)
-            stats = [
+        with model_pass.recording():
+            y = single_output(model_pass.outputs, "NeuronSensitivity")
+            alpha = 1.0 / float(y.shape[-1])
+            if self.estimator == "lower_bound":
+                seeds = [alpha * ops.sum(y)]
+            else:
+                seeds = [alpha * ops.sum(y[:, k]) for k in range(y.shape[-1])]
+        stats = None
+        for seed in seeds:
+            grads = model_pass.gradient(seed, zs)
+            terms = [
                 per_channel_mean(la, ops.abs(g)) for la, g in zip(layers, grads)
             ]
-        else:
-            stats = [None] * len(zs)
-            for k in range(y.shape[-1]):
-                grads = model_pass.gradient(alpha * ops.sum(y[:, k]), zs)
-                for i, (la, g) in enumerate(zip(layers, grads)):
-                    term = per_channel_mean(la, ops.abs(g))
-                    stats[i] = term if stats[i] is None else stats[i] + term
+            stats = (
+                terms
+                if stats is None
+                else [s + t for s, t in zip(stats, terms)]
+            )
         return model_pass.replica_mean(stats)
 
     def _update_buffers(self, layers, means):

@@ -169,31 +169,32 @@ class OutputSensitivity(Sensitivity):
         step (None for the others).
 
         `model_pass` carries `variables`, `regularized` (bools), `outputs`,
-        `labels`, `gradient(target, sources)` and `replica_mean(tensors)`.
+        `labels`, `recording()`, `gradient(target, sources)` and
+        `replica_mean(tensors)` (see `keras_serene.sensitivity_model`).
         """
-        y = single_output(model_pass.outputs, "OutputSensitivity")
-        a = self.weights(y, model_pass.labels)
-        weighted = a * y
         targets = [
             v for v, r in zip(model_pass.variables, model_pass.regularized) if r
         ]
         if not targets:
             return [None] * len(model_pass.variables)
-        if self.exact:
-            sensitivities = [ops.zeros(v.shape, "float32") for v in targets]
-            for k in range(y.shape[-1]):
-                grads = model_pass.gradient(ops.mean(weighted[:, k]), targets)
-                grads = model_pass.replica_mean(grads)
-                sensitivities = [
-                    s + ops.abs(ops.cast(g, "float32"))
-                    for s, g in zip(sensitivities, grads)
-                ]
-        else:
-            scalar = ops.mean(ops.sum(weighted, axis=1))
+        with model_pass.recording():
+            y = single_output(model_pass.outputs, "OutputSensitivity")
+            weighted = self.weights(y, model_pass.labels) * y
+            if self.exact:
+                scalars = [ops.mean(weighted[:, k]) for k in range(y.shape[-1])]
+            else:
+                scalars = [ops.mean(ops.sum(weighted, axis=1))]
+        sensitivities = None
+        for scalar in scalars:
             grads = model_pass.replica_mean(
                 model_pass.gradient(scalar, targets)
             )
-            sensitivities = [ops.abs(ops.cast(g, "float32")) for g in grads]
+            terms = [ops.abs(ops.cast(g, "float32")) for g in grads]
+            sensitivities = (
+                terms
+                if sensitivities is None
+                else [s + t for s, t in zip(sensitivities, terms)]
+            )
         result = iter(sensitivities)
         return [next(result) if r else None for r in model_pass.regularized]
 
