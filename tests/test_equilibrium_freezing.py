@@ -1,5 +1,9 @@
 """`EquilibriumFreezing` inside `fit`: masks, warm-up, unfreezing, skips."""
 
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -174,6 +178,11 @@ def test_warm_up_then_every_watched_neuron_frozen_and_flops_by_hand():
     ]
     assert changed == [True, False, False]
     assert not np.array_equal(snaps.begin[2]["fc"][0], snaps.end[2]["fc"][0])
+    # A second fit starts over: new reference outputs, one warm-up epoch.
+    history = model.fit(
+        x, y, epochs=2, batch_size=16, verbose=0, callbacks=[neq]
+    )
+    assert history.history["frozen_fraction"] == [0.0, 1.0]
 
 
 class _Trainability(keras.callbacks.Callback):
@@ -376,3 +385,96 @@ def test_bad_inputs_name_the_problem():
     _compile(model, "sgd")
     with pytest.raises(ValueError, match=r"ranks \[3\].*ranks \[4\]"):
         model.fit(x, y, verbose=0, callbacks=[cls(np.zeros((4, 6, 6)))])
+
+
+def test_outputs_are_read_before_a_fused_activation():
+    # Conv2D(activation="relu"): the dead channel stays dead after the ReLU
+    # (zeros both epochs: cos 1, equilibrium) but its pre-activation changes
+    # from a constant -10 to -10 + sum(patch): cos ~0.99, |v| > 1e-3.
+    x, y = _data()
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6, 6, 1))
+    h = keras.layers.Conv2D(3, 3, activation="relu", name="conv")(inputs)
+    outputs = keras.layers.Dense(2, name="fc")(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, outputs)
+    kernel, bias = model.get_layer("conv").get_weights()
+    kernel[..., DEAD] = 0.0
+    bias[:] = [0.5, 0.5, -10.0]
+    model.get_layer("conv").set_weights([kernel, bias])
+    _compile(model, keras.optimizers.SGD(0.1))
+
+    class ShiftDead(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.frozen[epoch] = neq.frozen["conv"][DEAD]
+            if epoch == 0:
+                conv = self.model.get_layer("conv")
+                kernel, bias = conv.get_weights()
+                kernel[..., DEAD] = 1.0
+                conv.set_weights([kernel, bias])
+
+    neq = ks.callbacks.EquilibriumFreezing(x, skip_frozen_layers=False)
+    shift = ShiftDead()
+    shift.frozen = {}
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[neq, shift])
+    assert shift.frozen == {0: True, 1: False}
+    assert abs(neq.velocity["conv"][DEAD]) > 1e-3
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import os
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import keras_serene as ks
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 6, 6, 1)).astype("float32")
+    y = rng.integers(0, 2, 64)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        inputs = keras.Input((6, 6, 1))
+        h = keras.layers.Conv2D(3, 3, name="conv")(inputs)
+        h = keras.layers.BatchNormalization(name="bn")(h)
+        outputs = keras.layers.Dense(2)(keras.layers.Flatten()(h))
+        model = keras.Model(inputs, outputs)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    class Moves(keras.callbacks.Callback):
+        moved = []
+        def on_epoch_begin(self, epoch, logs=None):
+            self.before = [model.get_layer(n).get_weights()[0]
+                           for n in ("conv", "bn")]
+        def on_epoch_end(self, epoch, logs=None):
+            after = [model.get_layer(n).get_weights()[0]
+                     for n in ("conv", "bn")]
+            self.moved.append([not np.array_equal(a, b)
+                               for a, b in zip(self.before, after)])
+
+    # The masks path (skipping is plain Keras trainability).
+    neq = ks.callbacks.EquilibriumFreezing(
+        x, epsilon=10.0, skip_frozen_layers=False)
+    history = model.fit(x, y, epochs=2, batch_size=32, verbose=0,
+                        callbacks=[neq, Moves()])
+    assert history.history["frozen_fraction"] == [0.0, 1.0]
+    assert Moves.moved == [[True, True], [False, False]], Moves.moved
+    assert isinstance(model.optimizer, ks.SensitivityOptimizer)
+    print("MIRRORED_OK")
+    """
+)
+
+
+def test_mirrored_strategy_freezes_too():
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]

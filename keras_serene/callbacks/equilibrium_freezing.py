@@ -16,8 +16,9 @@ Choices, following the authors' code where the paper is loose:
 
 - Neuron outputs are the layers' *pre-activation* outputs: the code hooks
   `nn.Conv2d` and `nn.BatchNorm2d` modules, whose outputs come before the
-  ReLU module. A Keras layer with a fused activation is read through a linear
-  copy of itself (the side model of `keras_serene.metrics.psp_entropy`).
+  ReLU module. A Keras layer with a fused activation is split into its linear
+  part and its activation by `keras_serene.preactivations`, which calls the
+  model's own layers (no copies).
 - Neurons are convolution output channels and BatchNormalization channels by
   default; Dense units only with `include_dense=True`, because the code never
   hooks `nn.Linear`, so the published results freeze no Dense unit.
@@ -34,13 +35,15 @@ Choices, following the authors' code where the paper is loose:
   inference mode, which would change the forward pass.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 
 from keras_serene import equilibrium as eq
 from keras_serene import masks as masks_lib
 from keras_serene import neurons as neurons_lib
-from keras_serene.metrics.psp_entropy import _build_side_model
+from keras_serene import preactivations
 from keras_serene.metrics.psp_entropy import is_dataset
 
 
@@ -146,19 +149,18 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         self.history = []
         self.layer_stats = {}
         self._records = []
-        self._passive_flops = []
+        self._side = None
+        self._side_key = None
 
     # -- fit hooks ---------------------------------------------------------
 
     def on_train_begin(self, logs=None):
         self.restore()
         self._optimizer, wrapped = _masking_optimizer(self.model)
-        self._records, self._passive_flops = _neuron_records(
-            self.model, self.include_dense
-        )
-        self._side = _SideModel(self.model, self._records, self.inputs)
-        self._side.run(self._records, compare=False)
-        for record in self._records:
+        self._side = self._side_model()
+        self._records = self._side.watched
+        self._side.run(compare=False)
+        for record in self._side.records:
             record.reset()
         self._apply_masks(force=True)
         self.history = []
@@ -166,12 +168,28 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         if wrapped:
             self.model.make_train_function(force=True)
 
+    def _side_model(self):
+        """The probe of this model, built once (the layers keep its nodes)."""
+        key = (
+            id(self.model),
+            self.include_dense,
+            tuple(
+                id(w.variable)
+                for _, weights in neurons_lib.neuron_layers(self.model)
+                for w in weights
+            ),
+        )
+        if self._side is None or self._side_key != key:
+            self._side = _SideModel(self.model, self.include_dense, self.inputs)
+            self._side_key = key
+        return self._side
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         frozen_fraction, flops_saved = self._write_stats(epoch)
         logs["frozen_fraction"] = frozen_fraction
         logs["backprop_flops_saved"] = flops_saved
-        phis = self._side.run(self._records, compare=True)
+        phis = self._side.run(compare=True)
         for record, phi_now in zip(self._records, phis):
             dphi = eq.delta_phi(phi_now, record.phi)
             record.velocity, record.state = eq.velocity_step(
@@ -264,8 +282,9 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         considered = sum(r.applied.size for r in self._records)
         frozen = sum(int(r.applied.sum()) for r in self._records)
         frozen_fraction = frozen / considered if considered else 0.0
-        flops += self._passive_flops
-        fractions += [0.0] * len(self._passive_flops)
+        passive = [r.flops for r in self._side.passive]
+        flops += passive
+        fractions += [0.0] * len(passive)
         flops_saved = eq.backprop_flops_saved(flops, fractions)
         self.layer_stats = {
             r.layer.name: {
@@ -320,17 +339,21 @@ def _masking_optimizer(model):
             "before calling `fit`."
         )
     try:
-        found = masks_lib.mask_optimizer(model, caller="EquilibriumFreezing")
+        found = masks_lib.mask_optimizer(model, caller=_CALLER)
         wrapped = False
     except ValueError:
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        found, wrapped = None, True
+    strategy = getattr(model, "distribute_strategy", None)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if wrapped and isinstance(
+            optimizer, keras.optimizers.LossScaleOptimizer
+        ):
             found = SensitivityOptimizer(optimizer.inner_optimizer, decay=0.0)
             optimizer.inner_optimizer = found
-        else:
+        elif wrapped:
             found = SensitivityOptimizer(optimizer, decay=0.0)
             model.optimizer = found
-        wrapped = True
-    masks_lib.ensure_built(found, model)
+        masks_lib.ensure_built(found, model)
     return found, wrapped
 
 
@@ -494,52 +517,42 @@ def _backprop_flops(layer, weights, positions):
     return float(flops)
 
 
-def _symbolic_positions(layer):
-    try:
-        shape = layer.output.shape[1:]
-    except (AttributeError, ValueError):
-        return 1
-    if len(shape) <= 1:
-        return 1
-    axis = _channel_axis(layer) % (len(shape) + 1) - 1
-    dims = [d for i, d in enumerate(shape) if i != axis]
-    return int(np.prod([d if d is not None else 1 for d in dims]))
-
-
 def _neuron_records(model, include_dense):
-    """Records of the layers to watch; backward FLOPs of the other ones."""
-    top = {id(layer) for layer in model.layers}
-    records, passive = [], []
+    """Records of the layers to watch, and of the other neuron layers."""
+    watched, passive = [], []
     for layer, weights in neurons_lib.neuron_layers(model):
+        record = _NeuronRecord(layer, weights)
         if isinstance(layer, keras.layers.Dense) and not include_dense:
-            passive.append(
-                _backprop_flops(layer, weights, _symbolic_positions(layer))
-            )
-            continue
-        if id(layer) not in top:
-            raise ValueError(
-                f"{_CALLER}: layer {layer.name!r} sits inside a nested model; "
-                "only the top-level layers of a Functional or Sequential "
-                "model can be watched. Flatten the model first."
-            )
-        records.append(_NeuronRecord(layer, weights))
-    if not records:
+            passive.append(record)
+        else:
+            watched.append(record)
+    if not watched:
         raise ValueError(
             f"{_CALLER}: model {model.name!r} has no trainable Conv or "
             "BatchNormalization layer"
             + ("" if include_dense else " (pass include_dense=True for Dense)")
             + " whose neurons could be frozen."
         )
-    return records, passive
+    return watched, passive
 
 
 class _SideModel:
-    """Runs the subset and streams `phi`, keeping only previous outputs."""
+    """Runs the subset and streams `phi`, keeping only previous outputs.
 
-    def __init__(self, model, records, x):
-        self.pairs, self.model = _build_side_model(
-            model, [r.layer for r in records]
+    Pre-activations come from `keras_serene.preactivations`, which calls the
+    model's own layers (same variables, nothing to copy). The other neuron
+    layers (unwatched Dense) are probed too, for their output shapes only.
+    """
+
+    def __init__(self, model, include_dense, x):
+        self.watched, self.passive = _neuron_records(model, include_dense)
+        self.records = self.watched + self.passive
+        by_id = {id(r.layer): r for r in self.records}
+        probe = preactivations.preactivation_model(
+            model, [r.layer for r in self.records], caller=_CALLER
         )
+        self.model = probe.model
+        self.order = [by_id[id(layer)] for layer in probe.layers]
         self.x = x
         self.n = _num_samples(x)
         expected = [len(t.shape) for t in keras.tree.flatten(model.inputs)]
@@ -551,29 +564,29 @@ class _SideModel:
                 "must be batched)."
             )
 
-    def run(self, records, compare):
-        """One pass; returns each layer's `phi` when `compare`."""
-        for layer, clone in self.pairs:
-            if clone is not None:
-                clone.set_weights(layer.get_weights())
-        accumulators = [eq.PhiAccumulator() for _ in records]
+    def run(self, compare):
+        """One pass over the subset; returns the watched layers' `phi`."""
+        accumulators = {id(r): eq.PhiAccumulator() for r in self.watched}
+        for record in self.records:
+            if not compare:
+                record.previous = None
         for start in range(0, self.n, _PROBE_BATCH):
             stop = min(self.n, start + _PROBE_BATCH)
             window = slice(start, stop)
             batch = keras.tree.map_structure(lambda a, w=window: a[w], self.x)
-            outputs = self.model.predict_on_batch(batch)
-            if not isinstance(outputs, (list, tuple)):
-                outputs = [outputs]
-            for record, accumulator, z in zip(records, accumulators, outputs):
+            _, outputs = self.model.predict_on_batch(batch)
+            for record, z in zip(self.order, outputs):
                 z = eq.to_neuron_maps(np.asarray(z, np.float32), record.axis)
+                record.positions = z.shape[1] if z.ndim == 3 else 1
+                if id(record) not in accumulators:
+                    continue
                 if record.previous is None:
                     record.previous = np.zeros(
                         (self.n,) + z.shape[1:], np.float32
                     )
-                    record.positions = z.shape[1] if z.ndim == 3 else 1
                 if compare:
-                    accumulator.update(z, record.previous[start:stop])
-                record.previous[start:stop] = z
+                    accumulators[id(record)].update(z, record.previous[window])
+                record.previous[window] = z
         if compare:
-            return [a.result() for a in accumulators]
+            return [accumulators[id(r)].result() for r in self.watched]
         return None
