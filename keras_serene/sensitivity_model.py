@@ -182,6 +182,13 @@ class SensitivityModel(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         self._plan_holder.plan = self._prepare(self.optimizer)
 
+    def compile_from_config(self, config):
+        """Compiles from `get_compile_config()` (used by `.keras` loading)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def _prepare(self, optimizer):
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             raise ValueError(
