@@ -46,9 +46,11 @@ def plot_psp_entropy(result, bins=30, path=None, title=None):
     Example:
 
     ```python
+    from keras_serene import plots
+
     result = ks.metrics.psp_entropy(model, x_test, y_test)
-    ks.plots.plot_psp_entropy(result, path="psp.png")
-    ks.plots.plot_psp_entropy({"LOBSTER": r1, "one-shot": r2})  # overlay
+    plots.plot_psp_entropy(result, path="psp.png")
+    plots.plot_psp_entropy({"LOBSTER": r1, "one-shot": r2})  # overlay
     ```
 
     Args:
@@ -98,9 +100,11 @@ def plot_history(history, keys=None, path=None, title=None):
     Example:
 
     ```python
+    from keras_serene import plots
+
     history = model.fit(..., callbacks=[ks.callbacks.SensitivityPruning()])
-    ks.plots.plot_history(history, path="history.png")
-    ks.plots.plot_history(history, keys=["sparsity", "accuracy"])
+    plots.plot_history(history, path="history.png")
+    plots.plot_history(history, keys=["sparsity", "accuracy"])
     ```
 
     Args:
@@ -166,7 +170,9 @@ def plot_accuracy_vs_compression(runs, path=None, title=None):
     Example:
 
     ```python
-    ks.plots.plot_accuracy_vs_compression([
+    from keras_serene import plots
+
+    plots.plot_accuracy_vs_compression([
         {"name": "LOBSTER", "accuracy": 0.91, "compression": 12.5},
         {"name": "one-shot", "accuracy": 0.88, "compression": 12.5},
     ], path="tradeoff.png")

@@ -110,7 +110,9 @@ def write_report(report, out_dir=None):
     Example:
 
     ```python
-    paths = ks.report.write_report("runs/lenet5.json")
+    from keras_serene.report import write_report
+
+    paths = write_report("runs/lenet5.json")
     # ['runs/lenet5_history.png', 'runs/lenet5_accuracy_vs_compression.png']
     ```
 

@@ -8,9 +8,9 @@ the mean over each layer's neurons into `logs["psp_entropy/<layer name>"]`.
 other epochs the keys hold `NaN`, so every per-epoch list in
 `history.history` keeps one entry per epoch.
 
-The side model that reads the pre-activations is built once per trained
-model and its linear layer copies are refreshed from the model's weights
-before each measurement.
+The side model that reads the pre-activations
+(`keras_serene.preactivations`) is built once per trained model; it calls
+the model's own layers, so each measurement sees the current weights.
 
 References:
     - Tartaglione, Bragagnolo, Grangetto, "Pruning artificial neural networks:
@@ -158,7 +158,6 @@ class PSPEntropyLogger(keras.callbacks.Callback):
     def measure(self):
         """Measures PSP-entropy on `validation_data` now; returns the dict."""
         counter = self._get_counter()
-        counter.sync()
         counter.reset()
         if is_dataset(self.validation_data):
             x, y = self.validation_data, None

@@ -25,11 +25,12 @@ What "a neuron" is, selected by `per`:
   with `P` positions per map: the fraction of (sample, position) pairs of
   class `k` where channel `c` is on. For a Dense layer the two are equal.
 
-Pre-activation: a layer with a fused activation (`Dense(8, activation="relu")`)
-is read through a copy of the layer with `activation="linear"` and the same
-weight values, fed with the layer's own input in a side model: the user's
-model is never modified. A separate `Activation`/`ReLU` layer needs nothing:
-the Dense/Conv output already is `z`.
+Pre-activation: read by `keras_serene.preactivations`, a side model that
+calls the model's own layers (same variables, nothing copied); a layer with a
+fused activation (`Dense(8, activation="relu")`) is called as its linear part
+then its activation, so `z` is taken before the activation. With a separate
+`Activation`/`ReLU` layer the Dense/Conv output already is `z`. The user's
+model is not modified.
 
 Counts are accumulated batch by batch (on-counts per neuron and class, and
 samples per class): memory depends on the layer sizes, not on the dataset.
@@ -45,6 +46,8 @@ References:
 
 import keras
 import numpy as np
+
+from keras_serene import preactivations
 
 CLAMP_MIN = 1e-4
 CLAMP_MAX = 0.9999
@@ -143,11 +146,10 @@ def psp_entropy(
 class PSPEntropyCounter:
     """Streaming PSP counts for chosen layers of a model (used internally).
 
-    Builds once a side model from `model.inputs` to the pre-activations of
-    the chosen layers (fused activations are read through linear copies of
-    the layers); `sync()` copies the current weight values into the copies,
-    `update()` adds one batch of counts, `result()` turns counts into
-    entropies. `reset()` clears the counts.
+    Builds once a side model returning the pre-activations of the chosen
+    layers (`keras_serene.preactivations`: it calls the model's own layers,
+    so it always sees the current weights); `update()` adds one batch of
+    counts, `result()` turns counts into entropies, `reset()` clears them.
     """
 
     def __init__(self, model, layers=None, per="neuron"):
@@ -163,7 +165,13 @@ class PSPEntropyCounter:
             )
         self.per = per
         self.layers = _resolve_layers(model, layers)
-        self._pairs, self._side = _build_side_model(model, self.layers)
+        probe = preactivations.preactivation_model(
+            model, self.layers, caller="psp_entropy"
+        )
+        self._side = probe.model
+        # The probe returns z in call order; map it back to `self.layers`.
+        position = {id(layer): i for i, layer in enumerate(probe.layers)}
+        self._order = [position[id(layer)] for layer in self.layers]
         self.reset()
 
     def reset(self):
@@ -172,17 +180,10 @@ class PSPEntropyCounter:
         self._positions = None
         self._neuron_shapes = None
 
-    def sync(self):
-        """Copies the current weights of the user's layers into the copies."""
-        for layer, clone in self._pairs:
-            if clone is not None:
-                clone.set_weights(layer.get_weights())
-
     def update(self, x_batch, y_batch, num_classes=None):
         labels = _labels_to_int(y_batch, num_classes)
-        outputs = self._side.predict_on_batch(x_batch)
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
+        _, zs = self._side.predict_on_batch(x_batch)
+        outputs = [zs[i] for i in self._order]
         if len(labels) != np.shape(outputs[0])[0]:
             raise ValueError(
                 f"psp_entropy: a batch has {len(labels)} labels but "
@@ -310,54 +311,6 @@ def _resolve_layers(model, names):
         chosen.append(layer)
     order = {id(la): i for i, la in enumerate(model.layers)}
     return sorted(chosen, key=lambda la: order[id(la)])
-
-
-def _has_activation(layer):
-    activation = getattr(layer, "activation", None)
-    return activation is not None and activation is not keras.activations.linear
-
-
-def _build_side_model(model, chosen):
-    """Model inputs -> pre-activations; (layer, linear copy or None) pairs."""
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError) as e:
-        raise ValueError(
-            f"psp_entropy: model {model.name!r} has no defined inputs ({e}). "
-            "Build it on an input shape (or use a Functional model) first."
-        ) from e
-    if not inputs:
-        raise ValueError(
-            f"psp_entropy: model {model.name!r} has no symbolic inputs: "
-            "subclassed models are not supported, use a Functional or "
-            "Sequential model."
-        )
-    pairs, outputs = [], []
-    for layer in chosen:
-        try:
-            if _has_activation(layer):
-                feature = layer.input
-            else:
-                feature = layer.output
-        except (AttributeError, ValueError) as e:
-            raise ValueError(
-                f"psp_entropy: cannot read layer {layer.name!r} in the graph "
-                f"of model {model.name!r} (a layer called more than once, or "
-                f"not called yet): {e}"
-            ) from e
-        if _has_activation(layer):
-            config = layer.get_config()
-            config["activation"] = "linear"
-            config["name"] = f"{layer.name}_pre_activation"
-            clone = type(layer).from_config(config)
-            outputs.append(clone(feature))
-            clone.set_weights(layer.get_weights())
-            pairs.append((layer, clone))
-        else:
-            outputs.append(feature)
-            pairs.append((layer, None))
-    side = keras.Model(inputs, outputs, name=f"{model.name}_psp")
-    return pairs, side
 
 
 def iterate_batches(x, y, batch_size, caller):
