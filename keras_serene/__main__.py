@@ -1,0 +1,7 @@
+"""`python -m keras_serene demo` runs the `keras-serene` command line."""
+
+import sys
+
+from keras_serene.cli import main
+
+sys.exit(main())
