@@ -13,8 +13,8 @@ network) or Fashion-MNIST (`--dataset fashion_mnist`):
 4. a before/after table (parameters, nonzero, test accuracy, `.tflite`
    bytes, single-thread LiteRT latency) and, in `--out`, the models, the
    flatbuffers (the pruned one in LiteRT's sparse format, the slim one
-   dense: its zeros are gone) and `report.json` (plus PNG plots when matplotlib is there;
-   `keras-serene report out/report.json` draws them later).
+   dense: its zeros are gone) and `report.json` (plus PNG plots when
+   matplotlib is there; `keras-serene report out/report.json` draws them).
 
 Short runs: LOBSTER's plateau rule (a plateau is 1% above the best validation
 loss for `patience` epochs) rarely fires within a few dozen epochs, so the
