@@ -4,6 +4,9 @@
 
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -280,6 +283,67 @@ def test_model_without_bounded_scales_fails_at_build():
 def test_adaptive_inner_optimizer_warns():
     with pytest.warns(ks.KerasSereneWarning, match="only for SGD"):
         ks.ImportanceOptimizer(keras.optimizers.Adam(1e-3))
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import keras_serene as ks
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 5)).astype("float32")
+    y = rng.integers(0, 3, 32)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([
+            keras.Input((5,)),
+            keras.layers.Dense(4, use_bias=False),
+            ks.layers.BoundedBatchNormalization(
+                synchronized=True,
+                gamma_regularizer=ks.regularizers.RecedingImportance(0.1, 0.0)),
+            keras.layers.ReLU(),
+            keras.layers.Dense(3),
+        ])
+
+    init = build().get_weights()
+
+    def run(strategy):
+        with strategy.scope():
+            model = build()
+            model.set_weights(init)
+            model.compile(
+                optimizer=ks.ImportanceOptimizer(keras.optimizers.SGD(
+                    0.1, momentum=0.9, weight_decay=0.1)),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True))
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
+        return model
+
+    single = run(tf.distribute.get_strategy())
+    mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    assert mirrored.distribute_strategy.num_replicas_in_sync == 2
+    for a, b in zip(single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert np.abs(single.layers[1].gamma.numpy() - init[1]).max() > 1e-3
+    print("MIRRORED_OK")
+    """
+)
+
+
+def test_mirrored_strategy_matches_single_device():
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
 
 
 # importance_vgg: RNI and its baselines ------------------------------------
