@@ -56,10 +56,11 @@ SECTIONS = ("history", "runs", "psp_entropy")
 
 
 def read_report(report):
-    """Loads a report and returns `(sections, name, notes)`.
+    """Loads a report and returns `(sections, title, notes)`.
 
     `sections` maps each of `"history"`, `"runs"`, `"psp_entropy"` that has
     usable data to that data (runs cleaned up as the module docstring says);
+    `title` is the report's `"name"` (else the file stem, else `"report"`);
     `notes` lists what was skipped and why.
 
     Args:
@@ -81,7 +82,7 @@ def read_report(report):
             "write_report: the report must be a JSON object (dict) or a path "
             f"to one. Received: {type(report).__name__}"
         )
-    name = str(report.get("name", name))
+    title = str(report.get("name", name))
     notes, sections = [], {}
     history = report.get("history")
     if isinstance(history, Mapping):
@@ -101,7 +102,7 @@ def read_report(report):
         sections["psp_entropy"] = psp
     elif psp is not None:
         notes.append("psp_entropy: not a non-empty dict, skipped")
-    return sections, name, notes
+    return sections, title, notes
 
 
 def write_report(report, out_dir=None):
@@ -134,7 +135,12 @@ def write_report(report, out_dir=None):
                 "dict. Received: out_dir=None"
             )
         out_dir = os.path.dirname(os.path.abspath(os.fspath(report)))
-    sections, name, _ = read_report(report)
+    sections, title, _ = read_report(report)
+    stem = (
+        os.path.splitext(os.path.basename(os.fspath(report)))[0]
+        if isinstance(report, (str, os.PathLike))
+        else "report"
+    )
     if not sections:
         raise ValueError(
             "write_report: the report has none of the sections "
@@ -143,18 +149,18 @@ def write_report(report, out_dir=None):
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     if "history" in sections:
-        path = os.path.join(out_dir, f"{name}_history.png")
-        plots.plot_history(sections["history"], path=path, title=name)
+        path = os.path.join(out_dir, f"{stem}_history.png")
+        plots.plot_history(sections["history"], path=path, title=title)
         paths.append(path)
     if "runs" in sections:
-        path = os.path.join(out_dir, f"{name}_accuracy_vs_compression.png")
+        path = os.path.join(out_dir, f"{stem}_accuracy_vs_compression.png")
         plots.plot_accuracy_vs_compression(
-            sections["runs"], path=path, title=name
+            sections["runs"], path=path, title=title
         )
         paths.append(path)
     if "psp_entropy" in sections:
-        path = os.path.join(out_dir, f"{name}_psp_entropy.png")
-        plots.plot_psp_entropy(sections["psp_entropy"], path=path, title=name)
+        path = os.path.join(out_dir, f"{stem}_psp_entropy.png")
+        plots.plot_psp_entropy(sections["psp_entropy"], path=path, title=title)
         paths.append(path)
     return paths
 

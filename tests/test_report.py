@@ -94,10 +94,11 @@ def test_main_cli(tmp_path, capsys):
     assert report.main([str(path), "--out-dir", str(out_dir)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "note: history: skipped non-numeric keys ['config']"
+    # File names follow the JSON file's stem; "name" only titles figures.
     assert printed[-3:] == [
-        str(out_dir / "demo_history.png"),
-        str(out_dir / "demo_accuracy_vs_compression.png"),
-        str(out_dir / "demo_psp_entropy.png"),
+        str(out_dir / "r_history.png"),
+        str(out_dir / "r_accuracy_vs_compression.png"),
+        str(out_dir / "r_psp_entropy.png"),
     ]
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
