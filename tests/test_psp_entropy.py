@@ -183,6 +183,28 @@ def test_tf_data_and_one_hot_labels_match_arrays():
     )
 
 
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, batch_size):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, i):
+        window = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return self.x[window], self.y[window]
+
+
+def test_py_dataset_matches_arrays():
+    model = _small_cnn()
+    x, y = _cnn_data()
+    _assert_results_equal(
+        ks.metrics.psp_entropy(model, x, y),
+        ks.metrics.psp_entropy(model, _Batches(x, y, 10)),
+    )
+
+
 def test_missing_class_is_nan_column_and_left_out():
     model = _two_neuron_model("sigmoid")
     r = ks.metrics.psp_entropy(
