@@ -44,6 +44,7 @@ References:
 """
 
 import math
+import numbers
 import warnings
 
 import keras
@@ -65,7 +66,7 @@ def _check_arguments(model, ratio, min_channels, coupled, reset_beta):
             f"{name} expects a keras.Model. Received: model={model!r} of "
             f"type {type(model).__name__}."
         )
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
         raise TypeError(
             f"{name} expects a number for `ratio`. Received: ratio={ratio!r}."
         )
@@ -74,7 +75,9 @@ def _check_arguments(model, ratio, min_channels, coupled, reset_beta):
             f"{name} expects 0 <= ratio < 1 (the fraction of channels to "
             f"remove). Received: ratio={ratio!r}."
         )
-    if isinstance(min_channels, bool) or not isinstance(min_channels, int):
+    if isinstance(min_channels, bool) or not isinstance(
+        min_channels, numbers.Integral
+    ):
         raise TypeError(
             f"{name} expects an int for `min_channels`. Received: "
             f"min_channels={min_channels!r}."

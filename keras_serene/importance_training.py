@@ -25,6 +25,7 @@ References:
 """
 
 import math
+import numbers
 import warnings
 
 import keras
@@ -133,7 +134,7 @@ class ImportanceOptimizer(keras.optimizers.Optimizer):
             )
         if (
             isinstance(multiplier, bool)
-            or not isinstance(multiplier, (int, float))
+            or not isinstance(multiplier, numbers.Real)
             or not math.isfinite(multiplier)
             or multiplier <= 0
         ):
@@ -310,7 +311,7 @@ def importance_vgg(
         )
     if strength is None:
         strength = _DEFAULT_STRENGTH[method]
-    if not isinstance(strength, (int, float)) or strength < 0:
+    if not isinstance(strength, numbers.Real) or not strength >= 0:
         raise ValueError(
             "importance_vgg expects a number >= 0 for `strength`. Received: "
             f"strength={strength!r}."

@@ -21,13 +21,14 @@ References:
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
 
 
 def _check_number(name, value, minimum=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"RecedingImportance expects a number for `{name}`. "
             f"Received: {name}={value!r} of type {type(value).__name__}."
