@@ -18,6 +18,25 @@ and the wrapper warns.
 its two baselines through the same code: network slimming (L1 on ordinary
 BN scales, Liu et al. 2017, arXiv:1708.06519, Eq. 1) and no regularisation.
 
+The whole recipe (`benchmarks/rni.py` runs it for the three methods):
+
+```python
+model = importance_vgg("rni")   # or "l1" (network slimming), "none"
+# In your own model: ks.layers.BoundedBatchNormalization(
+#     gamma_regularizer=ks.regularizers.RecedingImportance(1e-3, 3.0))
+# for RNI; keras.layers.BatchNormalization(
+#     gamma_regularizer=keras.regularizers.L1(1e-4)) for network slimming.
+sgd = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True,
+                           weight_decay=5e-4)
+model.compile(optimizer=ks.ImportanceOptimizer(sgd),  # plain sgd for L1
+              loss=keras.losses.SparseCategoricalCrossentropy(
+                  from_logits=True), metrics=["accuracy"])
+model.fit(x, y, epochs=160)
+small = ks.prune_by_importance(model, ratio=0.9)   # plain BN, no regulariser
+small.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), ...)
+small.fit(x, y, epochs=...)                        # fine-tune
+```
+
 References:
     Suteu & Guo, "Receding Neuron Importances for Structured Pruning",
     arXiv:2204.06404 (training details: bounded scales with lr x 10, no
