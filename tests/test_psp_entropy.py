@@ -331,6 +331,16 @@ def test_logger_in_fit_every_other_epoch():
     assert logger.result_epoch == 2
 
 
+def test_logger_bad_layer_fails_before_training():
+    model = _small_cnn()
+    x, y = _cnn_data()
+    model.compile(optimizer="sgd", loss="mse")
+    logger = ks.callbacks.PSPEntropyLogger((x, y), layers=["flatten"])
+    with pytest.raises(ValueError, match="'flatten' \\(Flatten\\) has no pre"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[logger])
+    assert model.optimizer.iterations.numpy() == 0
+
+
 def test_logger_config_round_trip_and_registration():
     x, y = _cnn_data()
     logger = ks.callbacks.PSPEntropyLogger(

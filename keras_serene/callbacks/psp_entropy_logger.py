@@ -154,6 +154,7 @@ class PSPEntropyLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.result = None
         self.result_epoch = None
+        self._get_counter()  # Bad layer names fail before the first epoch.
 
     def measure(self):
         """Measures PSP-entropy on `validation_data` now; returns the dict."""
