@@ -1,10 +1,10 @@
 """Benchmark: PSP-entropy after gradual vs one-shot pruning (LeNet-5, F-MNIST).
 
 The claim tested (Tartaglione, Bragagnolo, Grangetto, ICANN 2020,
-arXiv:2004.14765, Sec. 4): at the same sparsity, gradual sensitivity-driven
-pruning (LOBSTER) leaves the neurons with a higher PSP-entropy (they are less
-class-specific) than one-shot magnitude pruning followed by fine-tuning, and
-generalizes at least as well.
+arXiv:2004.14765, experiments): at the same sparsity, gradual
+sensitivity-driven pruning (LOBSTER) leaves the neurons with a higher
+PSP-entropy (they are less class-specific) than one-shot magnitude pruning
+followed by fine-tuning, and generalizes at least as well.
 
 Protocol (a small-budget version of the paper's):
 1. Dense warm-up: `keras_serene.zoo.lenet5` trained with plain SGD(0.1),

@@ -8,7 +8,7 @@ touched; pass `path=` to save a PNG, or call `fig.savefig` yourself.
 - `plot_psp_entropy(result)`: one histogram of the neuron PSP-entropies
   `H_i` per layer, with the layer mean marked (several runs overlaid when
   given a dict of results). PSP-entropy: Tartaglione, Bragagnolo, Grangetto,
-  ICANN 2020, arXiv:2004.14765, Eq. 6.
+  ICANN 2020, arXiv:2004.14765 (H_i = sum_k H_ik).
 - `plot_history(history)`: every per-epoch series of a `History` (or its
   `.history` dict) against the epoch, grouped into panels: `val_x` goes with
   `x`, `a/b` with `a` (so `psp_entropy/conv1` and `psp_entropy/fc1` share a
@@ -16,7 +16,7 @@ touched; pass `path=` to save a PNG, or call `fig.savefig` yourself.
   compression, pruning_threshold, alive_neurons, frozen_fraction,
   psp_entropy.
 - `plot_accuracy_vs_compression(runs)`: accuracy against compression ratio
-  `|theta| / |theta != 0|` (LOBSTER, arXiv:2011.09905, Sec. 4), one point
+  `|theta| / |theta != 0|` (LOBSTER, arXiv:2011.09905), one point
   (or line, for a list of values) per run; the x axis is logarithmic when
   the ratios span more than a factor 10.
 """

@@ -38,9 +38,9 @@ Files written, for a report `<stem>.json` (`report` for a dict):
 
 References:
     - LOBSTER compression ratio: Tartaglione et al., Neural Networks 2022,
-      arXiv:2011.09905, Sec. 4.
+      arXiv:2011.09905 (compression ratio).
     - PSP-entropy: Tartaglione, Bragagnolo, Grangetto, ICANN 2020,
-      arXiv:2004.14765, Eq. 6.
+      arXiv:2004.14765 (H_i = sum_k H_ik).
 """
 
 import argparse

@@ -15,7 +15,7 @@ the model's own layers, so each measurement sees the current weights.
 References:
     - Tartaglione, Bragagnolo, Grangetto, "Pruning artificial neural networks:
       a way to find well-generalizing, high-entropy sharp minima", ICANN 2020,
-      arXiv:2004.14765, Eqs. 3-6.
+      arXiv:2004.14765 (PSP-entropy definition).
     - Authors' code: `EIDOSLAB/PSP-entropy`, `src/PSPentropy.py`.
 """
 

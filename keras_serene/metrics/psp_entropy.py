@@ -38,7 +38,7 @@ samples per class): memory depends on the layer sizes, not on the dataset.
 References:
     - Tartaglione, Bragagnolo, Grangetto, "Pruning artificial neural networks:
       a way to find well-generalizing, high-entropy sharp minima", ICANN 2020,
-      arXiv:2004.14765, Sec. 3 (Eqs. 3-6).
+      arXiv:2004.14765: the PSP-entropy definition (p, n, H_ik, H_i).
     - Authors' code: `EIDOSLAB/PSP-entropy`, `src/PSPentropy.py`
       (`compute_entropy_1st`), which we follow for the clamping and the
       per-element neurons.
@@ -133,7 +133,7 @@ def psp_entropy(
         left out of `H_i`.
 
     References:
-        Tartaglione et al., ICANN 2020, arXiv:2004.14765, Eqs. 3-6.
+        Tartaglione et al., ICANN 2020, arXiv:2004.14765: PSP-entropy.
     """
     counter = PSPEntropyCounter(model, layers=layers, per=per)
     _validate_batch_size(batch_size, "psp_entropy")
