@@ -26,10 +26,12 @@ if os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in ("1", "true"):
 
 # Public API. Each line below is owned by the module it imports.
 from keras_serene import callbacks  # noqa: E402
+from keras_serene import datasets  # noqa: E402
 from keras_serene import layers  # noqa: E402
 from keras_serene import metrics  # noqa: E402
 from keras_serene import regularizers  # noqa: E402
 from keras_serene import sensitivity  # noqa: E402
+from keras_serene import zoo  # noqa: E402
 from keras_serene.export import to_tflite  # noqa: E402
 from keras_serene.importance_pruning import prune_by_importance  # noqa: E402
 from keras_serene.importance_training import ImportanceOptimizer  # noqa: E402
