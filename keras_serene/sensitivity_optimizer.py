@@ -13,10 +13,11 @@ exactly 0.0 and frozen ones to their value from before the step
 `optimizer.step()`), the decay is **not** multiplied by the learning rate, and
 S is computed from the minibatch-mean gradient from before the step.
 
-The wrapper follows Keras's `LossScaleOptimizer`: it owns no learning rate,
-delegates `learning_rate` and `iterations` to the inner optimizer (so
-`ReduceLROnPlateau` and schedules work), and nests the inner optimizer in its
-config. Any Keras optimizer can be the inner one: there is no `LobsterSGD`.
+The wrapper follows Keras's `LossScaleOptimizer` (`OptimizerWrapper`): it owns
+no learning rate, delegates `learning_rate` and `iterations` to the inner
+optimizer (so `ReduceLROnPlateau` and schedules work), and nests the inner
+optimizer in its config. Any Keras optimizer can be the inner one: there is
+no `LobsterSGD`.
 """
 
 import re
@@ -27,6 +28,7 @@ from keras import ops
 from keras_serene import _distribute
 from keras_serene import masks as masks_lib
 from keras_serene import sensitivity as sensitivity_lib
+from keras_serene.optimizer_wrapper import OptimizerWrapper
 
 #: Weight names regularized by default: Dense/Conv kernels and biases and
 #: BatchNormalization scale and shift, as the authors' code regularizes
@@ -38,18 +40,6 @@ REGULARIZED_WEIGHTS = (
     "pointwise_kernel",
     "gamma",
     "beta",
-)
-
-_BASE_OPTIMIZER_ARGS = (
-    "weight_decay",
-    "clipnorm",
-    "clipvalue",
-    "global_clipnorm",
-    "use_ema",
-    "ema_momentum",
-    "ema_overwrite_frequency",
-    "loss_scale_factor",
-    "gradient_accumulation_steps",
 )
 
 
@@ -66,7 +56,7 @@ def is_regularized(variable, exclude=()):
 
 
 @keras.saving.register_keras_serializable(package="keras_serene")
-class SensitivityOptimizer(keras.optimizers.Optimizer):
+class SensitivityOptimizer(OptimizerWrapper):
     """Wraps an optimizer and decays parameters by their insensitivity.
 
     After the inner optimizer's step, each regularized variable `w` (Dense
@@ -117,27 +107,6 @@ class SensitivityOptimizer(keras.optimizers.Optimizer):
         name=None,
         **kwargs,
     ):
-        for arg in _BASE_OPTIMIZER_ARGS:
-            value = kwargs.pop(arg, None)
-            if value not in (None, False):
-                raise ValueError(
-                    f"SensitivityOptimizer does not take `{arg}`. Instead, "
-                    f"set `{arg}` on the `inner_optimizer`. Received "
-                    f"{arg}={value!r}"
-                )
-        kwargs.pop("learning_rate", None)  # A config of the base class.
-        if kwargs:
-            raise ValueError(
-                "SensitivityOptimizer got unexpected arguments: "
-                f"{sorted(kwargs)}."
-            )
-        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-            raise TypeError(
-                "SensitivityOptimizer: `inner_optimizer` must be a "
-                "`keras.optimizers.Optimizer` instance (Keras 3). Received "
-                f"inner_optimizer={inner_optimizer!r} of type "
-                f"{type(inner_optimizer).__name__}."
-            )
         if isinstance(decay, bool) or not isinstance(decay, (int, float)):
             raise TypeError(
                 "SensitivityOptimizer: `decay` must be a float. Received "
@@ -157,8 +126,7 @@ class SensitivityOptimizer(keras.optimizers.Optimizer):
                 "SensitivityOptimizer: `exclude` must be a list of regex "
                 f"strings. Received exclude={exclude!r}"
             )
-        super().__init__(learning_rate=0.0, name=name)
-        self.inner_optimizer = inner_optimizer
+        super().__init__(inner_optimizer, name=name, **kwargs)
         self.sensitivity = sensitivity_lib.get(sensitivity)
         self.decay = float(decay)
         self.exclude = list(exclude)
@@ -184,10 +152,6 @@ class SensitivityOptimizer(keras.optimizers.Optimizer):
         self.sensitivity.build(
             self, [v for v, r in zip(var_list, self._regularized) if r]
         )
-
-    @property
-    def variables(self):
-        return self._variables + self.inner_optimizer.variables
 
     @property
     def regularized_variables(self):
@@ -287,39 +251,17 @@ class SensitivityOptimizer(keras.optimizers.Optimizer):
         values = self.sensitivity(reduced, [variables[i] for i in decayed])
         return dict(zip(decayed, values))
 
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
-
-    def get_config(self):
+    def wrapper_config(self):
         return {
-            "name": self.name,
-            "inner_optimizer": keras.saving.serialize_keras_object(
-                self.inner_optimizer
-            ),
             "sensitivity": sensitivity_lib.serialize(self.sensitivity),
             "decay": self.decay,
             "exclude": list(self.exclude),
         }
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def deserialize_arguments(cls, config, custom_objects=None):
         config = dict(config)
-        inner = keras.saving.deserialize_keras_object(
-            config.pop("inner_optimizer"), custom_objects=custom_objects
+        config["sensitivity"] = sensitivity_lib.deserialize(
+            config["sensitivity"], custom_objects=custom_objects
         )
-        sensitivity = sensitivity_lib.deserialize(
-            config.pop("sensitivity"), custom_objects=custom_objects
-        )
-        return cls(inner, sensitivity=sensitivity, **config)
+        return config

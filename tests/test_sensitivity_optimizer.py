@@ -346,3 +346,23 @@ def test_mirrored_strategy_matches_single_device():
         timeout=300,
     )
     assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_inner_loss_scale_factor_is_honoured():
+    """The wrapper scales the loss as its inner optimizer unscales grads."""
+    x, y = _data(16)
+    results = []
+    for factor in (None, 128.0):
+        keras.utils.set_random_seed(0)
+        model = _mlp()
+        model.compile(
+            optimizer=ks.SensitivityOptimizer(
+                keras.optimizers.SGD(0.1, loss_scale_factor=factor),
+                decay=0.0,
+            ),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
+        results.append(model.get_weights())
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
