@@ -89,7 +89,9 @@ def main(argv=None):
         verbose=args.verbose,
     )
     # The callback's figures are in the logs, one value per epoch.
-    print("sparsity per epoch:", [f"{s:.3f}" for s in history.history["sparsity"]])
+    print(
+        "sparsity per epoch:", [f"{s:.3f}" for s in history.history["sparsity"]]
+    )
 
     report = ks.summary(model)
     plain = ks.strip_masks(model)  # masks baked in, no keras_serene inside

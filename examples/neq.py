@@ -84,7 +84,13 @@ def main(argv=None):
 
     print("== plain SGD ==")
     plain, _ = train(
-        x_train, y_train, initial, epochs, batch_size, [], args.verbose,
+        x_train,
+        y_train,
+        initial,
+        epochs,
+        batch_size,
+        [],
+        args.verbose,
         args.seed,
     )
     print("\n== SGD + EquilibriumFreezing (NEq) ==")
@@ -96,7 +102,13 @@ def main(argv=None):
         verbose=1,
     )
     model, history = train(
-        x_train, y_train, initial, epochs, batch_size, [neq], args.verbose,
+        x_train,
+        y_train,
+        initial,
+        epochs,
+        batch_size,
+        [neq],
+        args.verbose,
         args.seed,
     )
 
@@ -105,11 +117,15 @@ def main(argv=None):
     print(f"\n{'epoch':>5}{'frozen_fraction':>17}{'backprop_flops_saved':>22}")
     for epoch, (f, s) in enumerate(zip(frozen, saved), start=1):
         print(f"{epoch:>5}{f:>17.3f}{s:>22.3f}")
-    print("per layer, last epoch:", neq.layer_stats)
+    print("last epoch, per layer:")
+    for layer, stats in neq.layer_stats.items():
+        print(f"  {layer}: {stats['frozen']}/{stats['neurons']} frozen")
 
     accuracy = {}
     for key, m in (("plain", plain), ("neq", model)):
-        accuracy[key] = round(float(m.evaluate(x_test, y_test, verbose=0)[1]), 4)
+        accuracy[key] = round(
+            float(m.evaluate(x_test, y_test, verbose=0)[1]), 4
+        )
     result = {
         "dataset": name,
         "epochs": epochs,

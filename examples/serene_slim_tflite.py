@@ -40,9 +40,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quick", action="store_true", help="tiny run on digits"
     )
-    parser.add_argument(
-        "--model", choices=["lenet300", "lenet5"], default=None
-    )
+    parser.add_argument("--model", choices=["lenet300", "lenet5"], default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
         "--decay",
