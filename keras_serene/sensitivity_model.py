@@ -105,6 +105,15 @@ class _Plan:
         self.probe = probe
         self.weights = weights
 
+    def preactivations(self, zs):
+        """`(layer, z, [NeuronWeight])` for each probed layer."""
+        if self.probe is None:
+            return []
+        return [
+            (layer, z, self.weights[id(layer)])
+            for layer, z in zip(self.probe.layers, zs)
+        ]
+
 
 @keras.saving.register_keras_serializable(package="keras_serene")
 class SensitivityModel(keras.Model):
@@ -253,15 +262,19 @@ class SensitivityModel(keras.Model):
             )
             scaled = optimizer.scale_loss(loss)
         variables = list(self.trainable_variables)
-        wanted = zs if decayed and estimator.needs_loss_gradients else []
-        grads = tape.gradient(scaled, variables + list(wanted))
-        grads, loss_gradients = (
-            grads[: len(variables)],
-            [
-                g if g is not None else ops.zeros_like(z)
-                for g, z in zip(grads[len(variables) :], wanted)
-            ],
+        wanted = (
+            zs
+            if decayed and getattr(estimator, "needs_loss_gradients", False)
+            else []
         )
+        # One backward pass: the training gradient and, for NeuronLOBSTER,
+        # the loss gradient w.r.t. the pre-activations.
+        grads = tape.gradient(scaled, variables + list(wanted))
+        loss_gradients = [
+            g if g is not None else ops.zeros_like(z)
+            for g, z in zip(grads[len(variables) :], wanted)
+        ]
+        grads = grads[: len(variables)]
         if not optimizer.built:
             # As `optimizer.apply` would, but before the estimator reads its
             # state (built by `optimizer.build`).
@@ -275,12 +288,7 @@ class SensitivityModel(keras.Model):
                 [is_regularized(v, optimizer.exclude) for v in variables],
                 y_pred,
                 y,
-                [
-                    (layer, z, plan.weights[id(layer)])
-                    for layer, z in zip(plan.probe.layers, zs)
-                ]
-                if plan.probe is not None
-                else [],
+                plan.preactivations(zs),
                 loss_gradients,
                 num_replicas,
             )
