@@ -233,6 +233,7 @@ def plot_accuracy_vs_compression(runs, path=None, title=None):
         ax.xaxis.set_major_formatter(_ticker().FormatStrFormatter("%g"))
     ax.set_xlabel("compression ratio |θ| / |θ ≠ 0|")
     ax.set_ylabel("accuracy")
+    ax.margins(x=0.15, y=0.08)  # room for the point labels
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _finish(fig, axes, 1, path, title)
