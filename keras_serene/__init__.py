@@ -29,7 +29,9 @@ from keras_serene import callbacks  # noqa: E402
 from keras_serene import datasets  # noqa: E402
 from keras_serene import layers  # noqa: E402
 from keras_serene import metrics  # noqa: E402
+from keras_serene import plots  # noqa: E402
 from keras_serene import regularizers  # noqa: E402
+from keras_serene import report  # noqa: E402
 from keras_serene import sensitivity  # noqa: E402
 from keras_serene import zoo  # noqa: E402
 from keras_serene.export import to_tflite  # noqa: E402
