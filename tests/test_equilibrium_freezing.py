@@ -171,6 +171,11 @@ def test_warm_up_then_every_watched_neuron_frozen_and_flops_by_hand():
         }
     }
     assert [h["epoch"] for h in neq.history] == [1, 2, 3]
+    assert neq.history[1]["frozen"] == {"conv": 3}
+    # Only the previous outputs are kept: 64 samples x 4x4x3 float32.
+    assert neq.stored_bytes == 64 * 48 * 4
+    # The last decision stays readable after fit cleared the masks.
+    assert neq.frozen["conv"].all()
     # Warm-up epoch trains the conv; afterwards it is frozen, Dense is not.
     changed = [
         not np.array_equal(snaps.begin[e]["conv"][0], snaps.end[e]["conv"][0])

@@ -69,7 +69,14 @@ class EquilibriumFreezing(keras.callbacks.Callback):
     `model.optimizer` and rebuilds the train function. Place it before
     `ks.callbacks.SensitivityPruning` in the callback list, or compile with
     `ks.SensitivityOptimizer`. Frozen flags and skipped layers are cleared at
-    the end of `fit`.
+    the end of `fit`; each `fit` starts over with a warm-up epoch.
+
+    After each epoch, `history` (one dict per epoch: `frozen_fraction`,
+    `backprop_flops_saved`, `skipped` layers, `frozen` count per layer),
+    `layer_stats` (per layer: `neurons`, `frozen`, `backprop_flops`,
+    `skipped`, for the epoch that ran), `frozen` and `velocity` (per layer
+    arrays, the decision for the next epoch) describe the state. Memory: only
+    the previous epoch's outputs of the subset are kept (`stored_bytes`).
 
     Example:
 
@@ -141,10 +148,14 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             )
         self.include_dense = include_dense
         self.skip_frozen_layers = skip_frozen_layers
+        self.inputs = _subset_inputs(validation_data, subset, seed)
+        if isinstance(subset, (int, np.integer)):
+            subset = int(subset)
+        elif subset is not None:
+            subset = float(subset)
         self.subset = subset
         self.seed = int(seed)
         self.verbose = verbose
-        self.inputs = _subset_inputs(validation_data, subset, seed)
         self.num_samples = _num_samples(self.inputs)
         self.history = []
         self.layer_stats = {}
@@ -226,6 +237,17 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         """Layer name -> the last velocity of each neuron."""
         return {r.layer.name: r.velocity.copy() for r in self._records}
 
+    @property
+    def stored_bytes(self):
+        """Bytes of the previous-epoch outputs kept for the next comparison."""
+        return int(
+            sum(
+                r.previous.nbytes
+                for r in self._records
+                if r.previous is not None
+            )
+        )
+
     def restore(self):
         """Makes skipped layers trainable and clears the frozen flags.
 
@@ -238,26 +260,26 @@ class EquilibriumFreezing(keras.callbacks.Callback):
                     record.layer.trainable = True
                     record.skipped = False
             self.model.make_train_function(force=True)
-        if any(r.applied.any() for r in self._records):
-            for record in self._records:
-                record.frozen = np.zeros_like(record.frozen)
-            self._apply_masks()
+        for record in self._records:
+            if record.applied.any():
+                self._set_frozen(record, np.zeros_like(record.applied))
 
     def _apply_masks(self, force=False):
         for record in self._records:
-            if not force and np.array_equal(record.frozen, record.applied):
-                continue
-            for weight in record.weights:
-                where = np.reshape(
-                    record.frozen,
-                    neurons_lib.neuron_shape(
-                        weight.kind, weight.variable.shape
-                    ),
-                )
-                masks_lib.set_flag(
-                    self._optimizer, weight.variable, masks_lib.FROZEN, where
-                )
-            record.applied = record.frozen.copy()
+            if force or not np.array_equal(record.frozen, record.applied):
+                self._set_frozen(record, record.frozen)
+
+    def _set_frozen(self, record, frozen):
+        """Writes the FROZEN bit of the record's weights (PRUNED untouched)."""
+        for weight in record.weights:
+            shape = neurons_lib.neuron_shape(weight.kind, weight.variable.shape)
+            masks_lib.set_flag(
+                self._optimizer,
+                weight.variable,
+                masks_lib.FROZEN,
+                np.reshape(frozen, shape),
+            )
+        record.applied = np.array(frozen, dtype=bool)
 
     def _update_skips(self):
         changed = False
@@ -301,6 +323,9 @@ class EquilibriumFreezing(keras.callbacks.Callback):
                 "frozen_fraction": frozen_fraction,
                 "backprop_flops_saved": flops_saved,
                 "skipped": [r.layer.name for r in self._records if r.skipped],
+                "frozen": {
+                    r.layer.name: int(r.applied.sum()) for r in self._records
+                },
             }
         )
         return frozen_fraction, flops_saved
