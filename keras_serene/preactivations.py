@@ -222,7 +222,9 @@ def preactivation_model(model, layers=None, caller="preactivation_model"):
     Example:
 
     ```python
-    probe = ks.preactivations.preactivation_model(model)
+    from keras_serene.preactivations import preactivation_model
+
+    probe = preactivation_model(model)
     with tf.GradientTape() as tape:
         y, zs = probe(x, training=True)
     grads = tape.gradient(ops.sum(y), zs)   # d(sum y) / d z per layer
