@@ -82,6 +82,30 @@ def test_by_hand(estimator):
         assert got.ndim in (1, 2)
 
 
+@pytest.mark.parametrize("estimator", ["lower_bound", "local"])
+def test_fit_step_applies_the_neuron_decay(estimator):
+    """One step with lr 0: w_n <- w_n - 0.5 * w_n * relu(1 - S_n)."""
+    model = hand_net()
+    trainer = ks.SensitivityModel(model)
+    trainer.compile(
+        optimizer=ks.SensitivityOptimizer(
+            keras.optimizers.SGD(0.0),
+            sensitivity=ks.sensitivity.NeuronSensitivity(estimator),
+            decay=0.5,
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    trainer.fit(X, LABELS, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    s1, s2 = (np.asarray(s) for s in EXPECTED[estimator])
+    keep1, keep2 = (
+        1 - 0.5 * np.maximum(0, 1 - s1),
+        1 - 0.5 * (np.maximum(0, 1 - s2)),
+    )
+    expected = [W1 * keep1, B1 * keep1, W2 * keep2, B2 * keep2]
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_lower_bound_is_below_full():
     inputs = keras.Input((5,))
     h = keras.layers.Dense(6, activation="tanh")(inputs)
