@@ -78,7 +78,7 @@ def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
     name, ((x_train, y_train), (x_test, y_test)) = load_data(args.quick)
-    epochs = args.epochs or (8 if args.quick else 15)
+    epochs = args.epochs or (8 if args.quick else 6)
     batch_size = 32 if name == "digits" else 100
     initial = zoo.lenet5(input_shape=x_train.shape[1:]).get_weights()
 

@@ -55,7 +55,7 @@ def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
     name, ((x_train, y_train), (x_test, y_test)) = load_data(args.quick)
-    epochs = args.epochs or (8 if args.quick else 20)
+    epochs = args.epochs or (8 if args.quick else 15)
     batch_size = 32 if name == "digits" else 100
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     initial = zoo.lenet300(input_shape=x_train.shape[1:]).get_weights()

@@ -60,7 +60,7 @@ def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
     name, ((x_train, y_train), (x_test, y_test)) = load_data(args.quick)
-    epochs = args.epochs or (5 if args.quick else 10)
+    epochs = args.epochs or (5 if args.quick else 6)
     batch_size = 32 if name == "digits" else 100
     # Hold out the last 10% of the training set for the logger.
     n_val = len(x_train) // 10

@@ -19,8 +19,9 @@ What it shows:
    `ks.export.tflite_latency` (median single-thread invoke time).
 
 Run:
-    python examples/serene_slim_tflite.py           # Fashion-MNIST, LeNet-5
-    python examples/serene_slim_tflite.py --quick   # digits, LeNet-300
+    python examples/serene_slim_tflite.py           # Fashion-MNIST
+    python examples/serene_slim_tflite.py --quick   # scikit-learn digits
+    python examples/serene_slim_tflite.py --model lenet5   # conv channels
 """
 
 import argparse
@@ -40,7 +41,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quick", action="store_true", help="tiny run on digits"
     )
-    parser.add_argument("--model", choices=["lenet300", "lenet5"], default=None)
+    parser.add_argument(
+        "--model",
+        choices=["lenet300", "lenet5"],
+        default="lenet300",
+        help="lenet5 prunes conv channels too (slower on a CPU)",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
         "--decay",
@@ -70,7 +76,7 @@ def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
     name, ((x_train, y_train), (x_test, y_test)) = load_data(args.quick)
-    model_name = args.model or ("lenet300" if args.quick else "lenet5")
+    model_name = args.model
     epochs = args.epochs or (12 if args.quick else 20)
     batch_size = 32 if name == "digits" else 100
     # The decay acts once per step: the quick run has few steps (12 epochs of
