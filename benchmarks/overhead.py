@@ -55,7 +55,7 @@ def _dataset(steps, seed=0):
     return data.prefetch(tf.data.AUTOTUNE)
 
 
-def _variants(model_name, exact):
+def _variants(model_name, exact, jit=False):
     import keras
 
     import keras_serene as ks
@@ -69,7 +69,7 @@ def _variants(model_name, exact):
         model.set_weights(init)
         sgd = keras.optimizers.SGD(0.1)
         if kind == "sgd":
-            model.compile(optimizer=sgd, loss=loss)
+            model.compile(optimizer=sgd, loss=loss, jit_compile=jit)
             return model, model
         sensitivity = {
             "lobster": "loss",
@@ -82,7 +82,7 @@ def _variants(model_name, exact):
             sgd, sensitivity=sensitivity, decay=1e-4
         )
         trainer = model if kind == "lobster" else ks.SensitivityModel(model)
-        trainer.compile(optimizer=optimizer, loss=loss)
+        trainer.compile(optimizer=optimizer, loss=loss, jit_compile=jit)
         return trainer, model
 
     kinds = ["sgd", "lobster", "output", "neuron", "neuron_loss"]
@@ -91,21 +91,25 @@ def _variants(model_name, exact):
     return {kind: build(kind) for kind in kinds}
 
 
-def _seconds_per_step(fit, data, steps):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _seconds_per_step(fit, data, steps, clock="wall"):
     """Slope of fit time over steps: `fit`'s fixed cost cancels out."""
+    now = CLOCKS[clock]
     elapsed = []
     for n in (1, steps + 1):
-        start = time.perf_counter()
+        start = now()
         fit(data, epochs=1, steps_per_epoch=n, verbose=0, shuffle=False)
-        elapsed.append(time.perf_counter() - start)
+        elapsed.append(now() - start)
     return (elapsed[1] - elapsed[0]) / steps
 
 
-def time_keras(model_name, steps, repeats, exact):
+def time_keras(model_name, steps, repeats, exact, clock="wall", jit=False):
     """Median seconds per step of each variant, interleaved."""
     from keras_serene import masks
 
-    variants = _variants(model_name, exact)
+    variants = _variants(model_name, exact, jit)
     data = _dataset(steps)
     for trainer, _ in variants.values():  # Warm-up: trace and compile.
         trainer.fit(data, epochs=1, steps_per_epoch=3, verbose=0, shuffle=False)
@@ -113,7 +117,7 @@ def time_keras(model_name, steps, repeats, exact):
     for _ in range(repeats):
         for kind, (trainer, _) in variants.items():
             n = max(2, steps // 10) if kind == "output_exact" else steps
-            times[kind].append(_seconds_per_step(trainer.fit, data, n))
+            times[kind].append(_seconds_per_step(trainer.fit, data, n, clock))
     medians = {kind: statistics.median(t) for kind, t in times.items()}
     optimizer = masks.mask_optimizer(variants["lobster"][0])
     params = sum(int(v.numpy().size) for v in optimizer.masks)
@@ -130,6 +134,7 @@ import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 
 steps, repeats, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+now = {"wall": time.perf_counter, "cpu": time.process_time}[sys.argv[4]]
 rng = np.random.default_rng(0)
 x = rng.random((batch * 8, 28, 28, 1), dtype=np.float32)
 y = rng.integers(0, 10, batch * 8)
@@ -167,17 +172,17 @@ for _ in range(repeats):
     for name, (model, callbacks) in variants.items():
         elapsed = []
         for n in (1, steps + 1):
-            start = time.perf_counter()
+            start = now()
             model.fit(data, epochs=1, steps_per_epoch=n, verbose=0,
                       callbacks=callbacks)
-            elapsed.append(time.perf_counter() - start)
+            elapsed.append(now() - start)
         times[name].append((elapsed[1] - elapsed[0]) / steps)
 print("TFMOT_JSON", json.dumps(
     {name: statistics.median(t) for name, t in times.items()}))
 """
 
 
-def time_tfmot(steps, repeats):
+def time_tfmot(steps, repeats, clock="wall"):
     """tfmot on LeNet-300 in its own Keras 2 process; None if unavailable."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     result = subprocess.run(
@@ -188,6 +193,7 @@ def time_tfmot(steps, repeats):
             str(steps),
             str(repeats),
             str(BATCH),
+            clock,
         ],
         capture_output=True,
         text=True,
@@ -208,13 +214,22 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--models", default="lenet300,lenet5")
     parser.add_argument("--no-tfmot", action="store_true")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or process CPU time (steadier on a shared machine)",
+    )
+    parser.add_argument(
+        "--jit", action="store_true", help="compile every variant with XLA"
+    )
     args = parser.parse_args(argv)
     steps = args.steps or (20 if args.quick else 100)
     repeats = args.repeats or (5 if args.quick else 9)
     rows = []
     for model_name in args.models.split(","):
         medians, mask_bytes, params = time_keras(
-            model_name, steps, repeats, exact=True
+            model_name, steps, repeats, True, args.clock, args.jit
         )
         base = medians["sgd"]
         for kind, seconds in medians.items():
@@ -224,13 +239,16 @@ def main(argv=None):
             f"parameters ({mask_bytes / params:.2f} byte/parameter)"
         )
     if not args.no_tfmot and "lenet300" in args.models:
-        tfmot = time_tfmot(steps, repeats)
+        tfmot = time_tfmot(steps, repeats, args.clock)
         if tfmot is not None:
             for kind in ("tfmot_90", "tfmot_98"):
                 rows.append(
                     ("lenet300", kind, tfmot[kind], tfmot[kind] / tfmot["sgd"])
                 )
-    print(f"\nbatch {BATCH}, {steps} steps x {repeats} repeats, medians")
+    print(
+        f"\nbatch {BATCH}, {steps} steps x {repeats} repeats, medians, "
+        f"{args.clock} clock, jit_compile={args.jit}"
+    )
     print(f"{'model':<10}{'variant':<14}{'ms/step':>10}{'x SGD':>8}")
     for model_name, kind, seconds, ratio in rows:
         print(f"{model_name:<10}{kind:<14}{seconds * 1e3:>10.2f}{ratio:>8.2f}")
