@@ -54,20 +54,8 @@ from keras_serene.layers.bounded_batch_normalization import BOUNDED_SCALE_TAG
 from keras_serene.layers.bounded_batch_normalization import (
     BoundedBatchNormalization,
 )
+from keras_serene.optimizer_wrapper import OptimizerWrapper
 from keras_serene.regularizers.receding_importance import RecedingImportance
-
-_BASE_OPTIMIZER_ARGS = (
-    "learning_rate",
-    "weight_decay",
-    "clipnorm",
-    "clipvalue",
-    "global_clipnorm",
-    "use_ema",
-    "ema_momentum",
-    "ema_overwrite_frequency",
-    "loss_scale_factor",
-    "gradient_accumulation_steps",
-)
 
 
 def is_bounded_scale(variable):
@@ -82,7 +70,7 @@ def _innermost(optimizer):
 
 
 @keras.saving.register_keras_serializable(package="keras_serene")
-class ImportanceOptimizer(keras.optimizers.Optimizer):
+class ImportanceOptimizer(OptimizerWrapper):
     """Gives the bounded BN scales `multiplier` x the lr and no weight decay.
 
     Wraps `inner_optimizer`: the gradient of every
@@ -128,24 +116,9 @@ class ImportanceOptimizer(keras.optimizers.Optimizer):
         name=None,
         **kwargs,
     ):
-        for arg in _BASE_OPTIMIZER_ARGS:
-            if arg in kwargs:
-                raise ValueError(
-                    f"ImportanceOptimizer does not take `{arg}`: set `{arg}` "
-                    f"on the `inner_optimizer`. Received: {arg}="
-                    f"{kwargs[arg]!r}."
-                )
-        if kwargs:
-            raise ValueError(
-                "ImportanceOptimizer got unexpected arguments "
-                f"{sorted(kwargs)}."
-            )
-        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-            raise TypeError(
-                "ImportanceOptimizer expects a keras.optimizers.Optimizer as "
-                f"`inner_optimizer`. Received: {inner_optimizer!r}."
-            )
-        if inner_optimizer.built:
+        if isinstance(inner_optimizer, keras.optimizers.Optimizer) and (
+            inner_optimizer.built
+        ):
             raise ValueError(
                 "ImportanceOptimizer needs an `inner_optimizer` that is not "
                 "built yet (its weight-decay exclusions are set at build). "
@@ -170,8 +143,7 @@ class ImportanceOptimizer(keras.optimizers.Optimizer):
                 "`weight_decay_exclude_names`. Received: "
                 f"weight_decay_exclude_names={weight_decay_exclude_names!r}."
             )
-        super().__init__(learning_rate=0.0, name=name)
-        self.inner_optimizer = inner_optimizer
+        super().__init__(inner_optimizer, name=name, **kwargs)
         self.multiplier = float(multiplier)
         self.weight_decay_exclude_names = (
             None
@@ -226,45 +198,11 @@ class ImportanceOptimizer(keras.optimizers.Optimizer):
         ]
         self.inner_optimizer.apply(grads, trainable_variables)
 
-    def scale_loss(self, loss):
-        return self.inner_optimizer.scale_loss(loss)
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
-
-    @property
-    def variables(self):
-        return super().variables + self.inner_optimizer.variables
-
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    def get_config(self):
+    def wrapper_config(self):
         return {
-            "name": self.name,
-            "inner_optimizer": keras.saving.serialize_keras_object(
-                self.inner_optimizer
-            ),
             "multiplier": self.multiplier,
             "weight_decay_exclude_names": self.weight_decay_exclude_names,
         }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        inner_optimizer = keras.saving.deserialize_keras_object(
-            config.pop("inner_optimizer"), custom_objects=custom_objects
-        )
-        return cls(inner_optimizer, **config)
 
 
 _METHODS = ("rni", "l1", "none")

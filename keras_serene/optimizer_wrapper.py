@@ -42,7 +42,7 @@ class OptimizerWrapper(keras.optimizers.Optimizer):
         cls = type(self).__name__
         for arg in _BASE_OPTIMIZER_ARGS:
             value = kwargs.pop(arg, None)
-            if value not in (None, False) and arg != "learning_rate":
+            if value not in (None, False):
                 raise ValueError(
                     f"{cls} does not take `{arg}`. Instead, set `{arg}` on "
                     f"the `inner_optimizer`. Received {arg}={value!r}"
