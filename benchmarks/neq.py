@@ -195,17 +195,17 @@ def time_skip(model, layers, x, y, cfg, steps, rounds):
         (x[i : i + batch], y[i : i + batch])
         for i in range(0, steps * batch, batch)
     ]
-    model.make_train_function(force=True)
-    functions = {"all": model.train_function}
-    for layer in layers:
-        layer.trainable = False
-    model.make_train_function(force=True)
-    functions["skip"] = model.train_function
-    for layer in layers:
-        layer.trainable = True
-    for key in functions:  # trace both
-        model.train_function = functions[key]
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    functions = {}
+    for key in ("skip", "all"):
+        # A train function traces on its first call, reading which variables
+        # are trainable then: trace each while its setting holds.
+        for layer in layers:
+            layer.trainable = key == "all"
+        model.make_train_function(force=True)
         model.train_on_batch(*batches[0])
+        functions[key] = model.train_function
     samples = {"all": [], "skip": []}
     for round_ in range(rounds):
         order = ("all", "skip") if round_ % 2 == 0 else ("skip", "all")

@@ -209,6 +209,30 @@ class _Trainability(keras.callbacks.Callback):
             }
 
 
+class _AdamMoments(keras.callbacks.Callback):
+    """Adam first moments whose path ends with the given names."""
+
+    def __init__(self, suffixes):
+        super().__init__()
+        self.suffixes = suffixes
+        self.begin, self.end = {}, {}
+
+    def _read(self):
+        by_path = {v.path: v for v in self.model.optimizer.variables}
+        return [
+            keras.ops.convert_to_numpy(
+                next(v for p, v in by_path.items() if p.endswith(s))
+            )
+            for s in self.suffixes
+        ]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begin[epoch] = self._read()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.end[epoch] = self._read()
+
+
 def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
     x, y = _data()
     model = _conv_model(batch_norm=True)
@@ -216,9 +240,20 @@ def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
     neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0, include_dense=True)
     seen = _Trainability()
     snaps = _Snapshots(["conv", "bn", "fc"])
+    moments = _AdamMoments(("conv_kernel_momentum", "bn_gamma_momentum"))
     model.fit(
-        x, y, epochs=3, batch_size=16, verbose=0, callbacks=[neq, seen, snaps]
+        x,
+        y,
+        epochs=3,
+        batch_size=16,
+        verbose=0,
+        callbacks=[neq, seen, snaps, moments],
     )
+    # The optimizer step skips the conv's variables (its Adam moment stands
+    # still) but still updates BN's moments (masked afterwards).
+    np.testing.assert_array_equal(moments.begin[1][0], moments.end[1][0])
+    assert not np.array_equal(moments.begin[1][1], moments.end[1][1])
+    assert not np.array_equal(moments.begin[0][0], moments.end[0][0])
     assert seen.seen[0]["variables"] == 6
     for epoch in (1, 2):
         # Conv and Dense skipped; BN stays trainable (training-mode BN).

@@ -52,8 +52,11 @@ class EquilibriumFreezing(keras.callbacks.Callback):
     """Freezes the neurons at equilibrium for the next epoch (NEq).
 
     Each epoch, on a fixed validation subset run in inference mode, every
-    neuron gets `phi` (mean over samples of the cosine between its outputs
-    at this epoch and the previous one), `dphi = phi - phi_prev` and a
+    neuron (Conv output channel, BatchNormalization channel, and Dense unit
+    with `include_dense=True`) gets `phi`: the mean over samples of the
+    cosine between its pre-activation output map at this epoch and at the
+    previous one (the reference outputs are taken before training, so the
+    first epoch is a warm-up), `dphi = phi - phi_prev` and a
     velocity `v = dphi - mu * v_prev`; the neurons with `|v| < epsilon` are
     not updated during the next epoch (their parameters stay bit-for-bit
     unchanged). Each epoch's logs get `frozen_fraction` (neurons frozen
