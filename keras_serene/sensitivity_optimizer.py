@@ -55,6 +55,40 @@ def is_regularized(variable, exclude=()):
     return not any(re.search(pattern, variable.path) for pattern in exclude)
 
 
+def _decay_and_mask(values, old_values, sensitivities, masks, decay):
+    """`w - decay * w * relu(1 - S)` where S is given, then the masks."""
+    new_values = []
+    for value, old, s, mask in zip(values, old_values, sensitivities, masks):
+        if s is not None:
+            value = value - decay * value * ops.relu(1.0 - s)
+        new_values.append(masks_lib.keep_masked(value, old, mask))
+    return new_values
+
+
+def _fused_update(values, old_values, sensitivities, masks, decay):
+    """Runs `_decay_and_mask` as one fused XLA computation on TensorFlow.
+
+    Dozens of small elementwise ops per step cost more in dispatch than in
+    arithmetic on a CPU; one compiled function keeps the wrapper's overhead
+    near the inner step's. Other backends run the same maths directly.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return _decay_and_mask(values, old_values, sensitivities, masks, decay)
+    import tensorflow as tf
+
+    global _FUSED
+    if _FUSED is None:
+        _FUSED = tf.function(
+            _decay_and_mask, jit_compile=True, reduce_retracing=True
+        )
+    return _FUSED(
+        values, old_values, sensitivities, [ops.copy(m) for m in masks], decay
+    )
+
+
+_FUSED = None
+
+
 @keras.saving.register_keras_serializable(package="keras_serene")
 class SensitivityOptimizer(OptimizerWrapper):
     """Wraps an optimizer and decays parameters by their insensitivity.
@@ -209,19 +243,17 @@ class SensitivityOptimizer(OptimizerWrapper):
         )
         self.inner_optimizer.apply(grads, trainable_variables)
 
-        new_values = []
-        for i, (variable, index) in enumerate(
-            zip(trainable_variables, indices)
-        ):
-            value = ops.convert_to_tensor(variable)
-            if i in s_values:
-                s = ops.cast(s_values[i], value.dtype)
-                value = value - ops.cast(self.decay, value.dtype) * value * (
-                    ops.relu(1.0 - s)
-                )
-            new_values.append(
-                masks_lib.keep_masked(value, old_values[i], self.masks[index])
-            )
+        decay = [
+            ops.cast(s_values[i], variable.dtype) if i in s_values else None
+            for i, variable in enumerate(trainable_variables)
+        ]
+        new_values = _fused_update(
+            [ops.copy(v) for v in trainable_variables],
+            old_values,
+            decay,
+            [self.masks[index] for index in indices],
+            self.decay,
+        )
         _distribute.assign_all(trainable_variables, new_values)
 
     def _sensitivities(self, grads, variables, decayed, sensitivities):
