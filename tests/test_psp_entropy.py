@@ -2,15 +2,13 @@
 
 import math
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from keras import layers
+from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
 
@@ -411,15 +409,9 @@ def test_model_trained_with_logger_saves_and_loads(tmp_path):
     )
 
 
-MIRRORED = textwrap.dedent(
-    """
-    import os
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+MIRRORED = """
     import numpy as np
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import keras_serene as ks
 
@@ -444,17 +436,9 @@ MIRRORED = textwrap.dedent(
     expected = ks.metrics.psp_entropy(model, x, y, per="channel")
     logged = history.history["psp_entropy/conv"]
     assert logged[-1] == expected["conv"]["mean"], (logged, expected)
-    print("MIRRORED_OK")
     """
-)
 
 
 @pytest.mark.slow
 def test_logger_under_mirrored_strategy():
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
+    run_on_two_cpus(MIRRORED)

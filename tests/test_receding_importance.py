@@ -4,14 +4,12 @@
 
 import math
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
 from keras_serene.importance_training import importance_vgg
@@ -285,13 +283,9 @@ def test_adaptive_inner_optimizer_warns():
         ks.ImportanceOptimizer(keras.optimizers.Adam(1e-3))
 
 
-MIRRORED = textwrap.dedent(
-    """
+MIRRORED = """
     import numpy as np
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import keras_serene as ks
 
@@ -331,19 +325,11 @@ MIRRORED = textwrap.dedent(
     for a, b in zip(single.get_weights(), mirrored.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert np.abs(single.layers[1].gamma.numpy() - init[1]).max() > 1e-3
-    print("MIRRORED_OK")
     """
-)
 
 
 def test_mirrored_strategy_matches_single_device():
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
+    run_on_two_cpus(MIRRORED)
 
 
 # importance_vgg: RNI and its baselines ------------------------------------

@@ -1,12 +1,9 @@
 """SensitivityModel: the extra pass inside fit, Keras integration, errors."""
 
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
+from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
 from keras_serene import masks
@@ -225,14 +222,8 @@ def test_bad_arguments():
         trainer.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
 
 
-MIRRORED = textwrap.dedent(
-    """
-    import os
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+MIRRORED = """
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
     import keras_serene as ks
@@ -271,18 +262,8 @@ MIRRORED = textwrap.dedent(
         for a, b in zip(single, mirrored):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
         print("OK", sensitivity)
-    print("MIRRORED_OK")
     """
-)
 
 
 def test_mirrored_strategy_matches_single_device():
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "MIRRORED_OK" in result.stdout, (
-        result.stdout[-2000:] + result.stderr[-3000:]
-    )
+    run_on_two_cpus(MIRRORED)

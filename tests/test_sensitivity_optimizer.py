@@ -1,13 +1,11 @@
 """SensitivityOptimizer: hand-computed updates, masks, Keras integration."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
+from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
 from keras_serene import masks
@@ -287,15 +285,9 @@ def test_save_load_keeps_masks_and_state(tmp_path):
     assert np.all(loaded.layers[0].kernel.numpy()[:, 0] == 0.0)
 
 
-MIRRORED = textwrap.dedent(
-    """
-    import os
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+MIRRORED = """
     import numpy as np
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import keras_serene as ks
     from keras_serene import masks
@@ -333,19 +325,11 @@ MIRRORED = textwrap.dedent(
     for a, b in zip(single.get_weights(), mirrored.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert np.all(mirrored.layers[0].kernel.numpy()[0] == 0.0)
-    print("MIRRORED_OK")
     """
-)
 
 
 def test_mirrored_strategy_matches_single_device():
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
+    run_on_two_cpus(MIRRORED)
 
 
 def test_inner_loss_scale_factor_is_honoured():
