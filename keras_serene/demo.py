@@ -87,7 +87,9 @@ def build_parser(parser=None):
         default="keras_serene_demo",
         help="folder for the models and report.json",
     )
-    parser.add_argument("--verbose", type=int, default=1)
+    parser.add_argument(
+        "--verbose", type=int, default=1, help="0: only the final table"
+    )
     return parser
 
 
@@ -220,10 +222,10 @@ def run(args):
         _measure("pruned", pruned, x_test, y_test, args.out, sparse=True),
         _measure("slim", slim, x_test, y_test, args.out),
     ]
-    say("")
-    ks.summary(pruned, print_fn=say)
-    say("")
-    say(format_table(runs))
+    print()
+    ks.summary(pruned)
+    print()
+    print(format_table(runs))
     report = {
         "name": f"{args.model}-{args.dataset}-{args.sensitivity}",
         "config": {k: v for k, v in vars(args).items() if k != "command"},
@@ -243,14 +245,14 @@ def run(args):
     path = os.path.join(args.out, "report.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2, default=_json_default)
-    say(f"\nwrote {args.out}/: pruned.keras slim.keras *.tflite report.json")
+    print(f"\nwrote {args.out}/: pruned.keras slim.keras *.tflite report.json")
     try:
         from keras_serene import report as report_lib
 
         pngs = report_lib.write_report(path)
-        say("plots: " + ", ".join(pngs))
+        print("plots: " + ", ".join(pngs))
     except ImportError:
-        say("(plots skipped: pip install keras-serene[plots])")
+        print("(plots skipped: pip install keras-serene[plots])")
     return report
 
 
