@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -78,6 +79,7 @@ class _Revive(keras.callbacks.Callback):
         self.frozen = {}
 
     def on_epoch_end(self, epoch, logs=None):
+        self.optimizer = self.model.optimizer
         self.frozen[epoch] = self.neq.frozen["conv"]
         if epoch == 0:
             conv = self.model.get_layer("conv")
@@ -113,10 +115,12 @@ def test_frozen_slices_are_bit_exact_and_unfreeze(name):
         verbose=0,
         callbacks=[neq, revive, snaps],
     )
-    # Wrapped at on_train_begin, inner optimizer (and its state) kept.
-    assert isinstance(model.optimizer, ks.SensitivityOptimizer)
-    assert model.optimizer.inner_optimizer is inner
-    assert model.optimizer.decay == 0.0
+    # Wrapped during fit (inner optimizer and its state kept), put back after.
+    wrapper = revive.optimizer
+    assert isinstance(wrapper, ks.SensitivityOptimizer)
+    assert wrapper.inner_optimizer is inner
+    assert wrapper.decay == 0.0
+    assert model.optimizer is inner
     # Epoch 0 is the warm-up; the dead channel did not move: frozen after.
     np.testing.assert_array_equal(revive.frozen[0], [False, False, True])
     # Epoch 1: the revived channel gets gradients but is frozen, bit-exact.
@@ -140,7 +144,7 @@ def test_frozen_slices_are_bit_exact_and_unfreeze(name):
     )
     # Frozen flags are training state: cleared at the end of fit.
     conv = model.get_layer("conv")
-    assert not masks_lib.frozen(model.optimizer, conv.kernel).any()
+    assert not masks_lib.frozen(wrapper, conv.kernel).any()
 
 
 def test_warm_up_then_every_watched_neuron_frozen_and_flops_by_hand():
@@ -279,36 +283,64 @@ def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
     assert len(model.trainable_variables) == 6
 
 
-def test_loss_scale_optimizer_inner_one_is_wrapped_and_model_saves(tmp_path):
+@pytest.mark.parametrize("loss_scale", [False, True])
+def test_wrapped_during_fit_then_saves_and_loads_cleanly(tmp_path, loss_scale):
     x, y = _data(32)
     model = _conv_model()
-    inner = keras.optimizers.SGD(0.1)
-    _compile(model, keras.optimizers.LossScaleOptimizer(inner))
+    inner = keras.optimizers.SGD(0.1, momentum=0.9)
+    compiled = (
+        keras.optimizers.LossScaleOptimizer(inner) if loss_scale else inner
+    )
+
+    class Seen(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            optimizer = self.model.optimizer
+            self.wrapper = getattr(optimizer, "inner_optimizer", None)
+            if not loss_scale:
+                self.wrapper = optimizer
+
+    seen = Seen()
+    _compile(model, compiled)
     neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0)
-    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[neq])
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    wrapper = model.optimizer.inner_optimizer
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[neq, seen])
+    wrapper = seen.wrapper
     assert isinstance(wrapper, ks.SensitivityOptimizer)
     assert wrapper.inner_optimizer is inner
+    assert model.optimizer is compiled
+    if loss_scale:
+        assert model.optimizer.inner_optimizer is inner
     path = str(tmp_path / "neq.keras")
     model.save(path)
-    loaded = keras.models.load_model(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Skipping variable loading"
+        loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(
         model.predict_on_batch(x), loaded.predict_on_batch(x)
     )
+    saved = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    restored = [
+        keras.ops.convert_to_numpy(v) for v in loaded.optimizer.variables
+    ]
+    assert len(saved) == len(restored)
+    for a, b in zip(saved, restored):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_works_with_sensitivity_pruning_and_keeps_pruned_bits():
+@pytest.mark.parametrize("compiled_with", ["wrapper", "plain"])
+def test_works_with_sensitivity_pruning_and_keeps_pruned_bits(compiled_with):
     x, y = _data()
     model = _conv_model()
-    _compile(model, ks.SensitivityOptimizer(keras.optimizers.SGD(0.1)))
-    model.optimizer.build(model.trainable_variables)
     conv = model.get_layer("conv")
     pruned = np.zeros(conv.kernel.shape, dtype=bool)
-    pruned[0, 0, 0, :] = True  # one entry of every channel, dead one too
-    masks_lib.add_flag(
-        model.optimizer, conv.kernel, masks_lib.PRUNED, pruned, zero=True
-    )
+    if compiled_with == "wrapper":
+        _compile(model, ks.SensitivityOptimizer(keras.optimizers.SGD(0.1)))
+        model.optimizer.build(model.trainable_variables)
+        pruned[0, 0, 0, :] = True  # one entry of every channel, dead one too
+        masks_lib.add_flag(
+            model.optimizer, conv.kernel, masks_lib.PRUNED, pruned, zero=True
+        )
+    else:  # NEq wraps the plain optimizer; listed first, pruning finds it.
+        _compile(model, keras.optimizers.SGD(0.1))
     neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0)
     pruning = ks.callbacks.SensitivityPruning(
         patience=1, plateau_tolerance=-0.5, verbose=0
@@ -324,9 +356,13 @@ def test_works_with_sensitivity_pruning_and_keeps_pruned_bits():
     )
     assert history.history["frozen_fraction"] == [0.0, 1.0, 1.0]
     assert pruning.history, "the plateau rule should have pruned once"
+    # Entries stay pruned, so the wrapper stays in either case.
+    assert isinstance(model.optimizer, ks.SensitivityOptimizer)
     mask = masks_lib.read_mask(model.optimizer, conv.kernel)
-    assert (mask[pruned] & masks_lib.PRUNED).all()
     assert not (mask & masks_lib.FROZEN).any()
+    pruned |= (mask & masks_lib.PRUNED) != 0
+    assert pruned.any()
+    assert (mask[pruned] & masks_lib.PRUNED).all()
     kernel = keras.ops.convert_to_numpy(conv.kernel)
     assert (kernel[pruned] == 0.0).all()
 
@@ -504,7 +540,7 @@ MIRRORED = textwrap.dedent(
                         callbacks=[neq, Moves()])
     assert history.history["frozen_fraction"] == [0.0, 1.0]
     assert Moves.moved == [[True, True], [False, False]], Moves.moved
-    assert isinstance(model.optimizer, ks.SensitivityOptimizer)
+    assert isinstance(model.optimizer, keras.optimizers.SGD)  # put back
     print("MIRRORED_OK")
     """
 )

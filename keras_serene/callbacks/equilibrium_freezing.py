@@ -69,10 +69,14 @@ class EquilibriumFreezing(keras.callbacks.Callback):
     wraps it in `ks.SensitivityOptimizer(optimizer, decay=0.0)` (a pure
     masking wrapper that keeps the inner optimizer's state; under a
     `LossScaleOptimizer` its inner optimizer is wrapped), assigns it to
-    `model.optimizer` and rebuilds the train function. Place it before
-    `ks.callbacks.SensitivityPruning` in the callback list, or compile with
-    `ks.SensitivityOptimizer`. Frozen flags and skipped layers are cleared at
-    the end of `fit`; each `fit` starts over with a warm-up epoch.
+    `model.optimizer` and rebuilds the train function; at the end of `fit`
+    it puts the compiled optimizer back (so `model.save` stays consistent
+    with the compile config), unless some entries are still masked (pruned
+    by `ks.callbacks.SensitivityPruning`): then the wrapper stays, to keep
+    them at zero. To combine NEq with pruning, compile with
+    `ks.SensitivityOptimizer` yourself (or list this callback first). Frozen
+    flags and skipped layers are cleared at the end of `fit`; each `fit`
+    starts over with a warm-up epoch.
 
     After each epoch, `history` (one dict per epoch: `frozen_fraction`,
     `backprop_flops_saved`, `skipped` layers, `frozen` count per layer),
@@ -163,6 +167,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         self.history = []
         self.layer_stats = {}
         self._records = []
+        self._wrapped = False
         self._side = None
         self._side_key = None
 
@@ -171,6 +176,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.restore()
         self._optimizer, wrapped = _masking_optimizer(self.model)
+        self._wrapped = wrapped
         self._side = self._side_model()
         self._records = self._side.watched
         self._side.run(compare=False)
@@ -227,6 +233,13 @@ class EquilibriumFreezing(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.restore()
+        if self._wrapped and not any(
+            np.any(keras.ops.convert_to_numpy(m)) for m in self._optimizer.masks
+        ):
+            # Nothing left to mask: hand back the compiled optimizer, so that
+            # `model.save` stores the optimizer its compile config names.
+            _unwrap(self.model, self._optimizer)
+            self._wrapped = False
 
     # -- state -------------------------------------------------------------
 
@@ -381,8 +394,21 @@ def _masking_optimizer(model):
         elif wrapped:
             found = SensitivityOptimizer(optimizer, decay=0.0)
             model.optimizer = found
+        # Build from the outside in: a LossScaleOptimizer builds its inner
+        # optimizer in its own `build`, which would otherwise run again at
+        # the first step and replace the masks.
+        masks_lib.ensure_built(model.optimizer, model)
         masks_lib.ensure_built(found, model)
     return found, wrapped
+
+
+def _unwrap(model, wrapper):
+    """Puts back the optimizer `_masking_optimizer` wrapped (state kept)."""
+    if model.optimizer is wrapper:
+        model.optimizer = wrapper.inner_optimizer
+    else:  # under a LossScaleOptimizer
+        model.optimizer.inner_optimizer = wrapper.inner_optimizer
+    model.make_train_function(force=True)
 
 
 # -- data, neurons and the side model (private) ----------------------------
