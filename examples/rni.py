@@ -40,7 +40,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
-        "--ratio", type=float, default=0.5, help="share of channels pruned"
+        "--ratio", type=float, default=0.3, help="share of channels pruned"
     )
     parser.add_argument("--strength", type=float, default=1e-3)
     parser.add_argument("--shift", type=float, default=3.0)
@@ -94,8 +94,8 @@ def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
     name, ((x_train, y_train), (x_test, y_test)) = load_data(args.quick)
-    epochs = args.epochs or (8 if args.quick else 10)
-    finetune_epochs = 2 if args.quick else 3
+    epochs = args.epochs or (8 if args.quick else 6)
+    finetune_epochs = 2
     batch_size = 32 if name == "digits" else 100
     # Small enough for a CPU: 28x28 inputs are pooled before the wide convs.
     widths = (16, 16, "M", 32, 32) if args.quick else (16, "M", 32, "M", 64)
