@@ -1,13 +1,11 @@
 """`EquilibriumFreezing` inside `fit`: masks, warm-up, unfreezing, skips."""
 
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import keras
 import numpy as np
 import pytest
+from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
 from keras_serene import masks as masks_lib
@@ -496,15 +494,9 @@ def test_outputs_are_read_before_a_fused_activation():
     assert abs(neq.velocity["conv"][DEAD]) > 1e-3
 
 
-MIRRORED = textwrap.dedent(
-    """
-    import os
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+MIRRORED = """
     import numpy as np
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import keras_serene as ks
 
@@ -541,16 +533,8 @@ MIRRORED = textwrap.dedent(
     assert history.history["frozen_fraction"] == [0.0, 1.0]
     assert Moves.moved == [[True, True], [False, False]], Moves.moved
     assert isinstance(model.optimizer, keras.optimizers.SGD)  # put back
-    print("MIRRORED_OK")
     """
-)
 
 
 def test_mirrored_strategy_freezes_too():
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
+    run_on_two_cpus(MIRRORED)
