@@ -64,7 +64,16 @@ def mask_optimizer(model_or_optimizer, caller="keras_serene"):
 
 
 def ensure_built(optimizer, model):
-    """Builds `optimizer` on `model.trainable_variables` if needed."""
+    """Builds the model's optimizer chain on `model.trainable_variables`.
+
+    The outermost optimizer (a `LossScaleOptimizer` under `mixed_float16`)
+    is built first, so the `SensitivityOptimizer` inside it is built once,
+    by it: building the inner one alone would let the outer one build it
+    again at the first step.
+    """
+    outer = getattr(model, "optimizer", None)
+    if outer is not None and not outer.built:
+        outer.build(model.trainable_variables)
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
 

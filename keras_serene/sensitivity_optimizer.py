@@ -167,6 +167,8 @@ class SensitivityOptimizer(OptimizerWrapper):
 
     def build(self, var_list):
         """Builds the inner optimizer, the masks and the estimator's state."""
+        if self.built:  # Once only: a wrapper around us may build us again.
+            return
         if not self.inner_optimizer.built:
             self.inner_optimizer.build(var_list)
         self.masks = [

@@ -350,3 +350,22 @@ def test_inner_loss_scale_factor_is_honoured():
         results.append(model.get_weights())
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_built_once_under_loss_scale_optimizer():
+    """Masks set before the first step survive a LossScaleOptimizer."""
+    keras.config.set_dtype_policy("mixed_float16")
+    x, y = _data(32)
+    model = _compile(_mlp())
+    keras.config.set_dtype_policy("float32")
+    opt = masks.mask_optimizer(model)
+    masks.ensure_built(opt, model)
+    assert model.optimizer.built and opt.built
+    count = len(model.optimizer.variables)
+    kernel = model.layers[0].kernel
+    where = np.zeros(kernel.shape, bool)
+    where[0] = True
+    masks.set_flag(opt, kernel, masks.PRUNED, where, zero=True)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert len(model.optimizer.variables) == count
+    assert np.all(kernel.numpy()[0] == 0.0)
