@@ -34,9 +34,12 @@ class SensitivityPruning(keras.callbacks.Callback):
     callback restores the best weights, bisects the global threshold `T` with
     `loss(prune(T)) <= L0 * (1 + tolerance)` on the validation data, zeroes
     every regularized entry `|w| < T` and marks it pruned in the optimizer's
-    masks. Each epoch it writes `sparsity`, `pruning_threshold` and
-    `alive_neurons` into `logs`, so progress bars, `History`, `CSVLogger`
-    and TensorBoard show them.
+    masks. Each epoch it writes into `logs` (so progress bars, `History`,
+    `CSVLogger` and TensorBoard show them): `sparsity`, the fraction of
+    regularized entries at zero; `pruning_threshold`, the last threshold
+    applied; and `alive_neurons`, the *fraction* of neurons (Dense units,
+    conv channels) with a nonzero incoming weight (`ks.summary` gives the
+    counts).
 
     Example:
 
