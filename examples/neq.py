@@ -57,12 +57,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_data(quick):
-    if quick or not datasets.fashion_mnist_available():
-        return "digits", datasets.load_digits()
-    return "fashion_mnist", datasets.load_fashion_mnist()
-
-
 def train(x, y, initial, callbacks, epochs, batch_size, verbose):
     """LeNet-5 from `initial` weights, SGD + momentum, cosine lr decay."""
     model = zoo.lenet5(input_shape=x.shape[1:])
@@ -88,7 +82,8 @@ def train(x, y, initial, callbacks, epochs, batch_size, verbose):
 def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
-    name, ((x_train, y_train), (x_test, y_test)) = load_data(args.quick)
+    name, data = datasets.load_available(small=args.quick)
+    (x_train, y_train), (x_test, y_test) = data
     if name == "fashion_mnist" and args.train_samples:
         x_train = x_train[: args.train_samples]
         y_train = y_train[: args.train_samples]

@@ -45,16 +45,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_data(quick):
-    if quick or not datasets.fashion_mnist_available():
-        return "digits", datasets.load_digits()
-    return "fashion_mnist", datasets.load_fashion_mnist()
-
-
 def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
-    name, ((x_train, y_train), (x_test, y_test)) = load_data(args.quick)
+    name, data = datasets.load_available(small=args.quick)
+    (x_train, y_train), (x_test, y_test) = data
     epochs = args.epochs or (8 if args.quick else 15)
     batch_size = 32 if name == "digits" else 100
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -49,12 +49,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_data(quick):
-    if quick or not datasets.fashion_mnist_available():
-        return "digits", datasets.load_digits()
-    return "fashion_mnist", datasets.load_fashion_mnist()
-
-
 def build_model(input_shape, widths, strength, shift):
     """Conv -> BoundedBN (RNI-regularised) -> ReLU blocks, GAP, logits."""
     inputs = keras.Input(input_shape)
@@ -93,7 +87,8 @@ def channels(model):
 def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
-    name, ((x_train, y_train), (x_test, y_test)) = load_data(args.quick)
+    name, data = datasets.load_available(small=args.quick)
+    (x_train, y_train), (x_test, y_test) = data
     epochs = args.epochs or (8 if args.quick else 6)
     finetune_epochs = 2
     batch_size = 32 if name == "digits" else 100

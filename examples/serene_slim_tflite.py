@@ -60,12 +60,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_data(quick):
-    if quick or not datasets.fashion_mnist_available():
-        return "digits", datasets.load_digits()
-    return "fashion_mnist", datasets.load_fashion_mnist()
-
-
 def tflite_accuracy(blob, x, y):
     """Test accuracy of a flatbuffer, run in the LiteRT interpreter."""
     (logits,) = ks.export.run_tflite(blob, [x])
@@ -75,7 +69,8 @@ def tflite_accuracy(blob, x, y):
 def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
-    name, ((x_train, y_train), (x_test, y_test)) = load_data(args.quick)
+    name, data = datasets.load_available(small=args.quick)
+    (x_train, y_train), (x_test, y_test) = data
     model_name = args.model
     epochs = args.epochs or (12 if args.quick else 20)
     batch_size = 32 if name == "digits" else 100

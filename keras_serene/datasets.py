@@ -114,6 +114,18 @@ def load_digits(test_fraction=0.2, seed=0):
     return _as_images(x[~test], y[~test]), _as_images(x[test], y[test])
 
 
+def load_available(small=False, data_dir=DEFAULT_FASHION_MNIST_DIR):
+    """`(name, data)`: Fashion-MNIST when its files are on disk, else digits.
+
+    The examples' and benchmarks' choice: the embedded digits when `small`
+    (a smoke run) or when no Fashion-MNIST files are installed, so nothing
+    needs the network.
+    """
+    if small or not fashion_mnist_available(data_dir):
+        return "digits", load_digits()
+    return "fashion_mnist", load_fashion_mnist(data_dir)
+
+
 def load(name, data_dir=DEFAULT_FASHION_MNIST_DIR):
     """Loads a dataset by name: `"digits"` or `"fashion_mnist"`."""
     if name == "digits":
