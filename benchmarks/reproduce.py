@@ -12,6 +12,7 @@ machine and versions that produced them.
     python benchmarks/reproduce.py            # full run (about an hour)
     python benchmarks/reproduce.py --train-size 0   # all 60,000 images
     python benchmarks/reproduce.py --quick    # minutes: a subset, 2 epochs
+    python benchmarks/reproduce.py --from-json docs/results.json  # re-render
 
 Methods: `dense`, `lobster` (loss sensitivity), `serene` (neuron
 sensitivity, SensitivityModel), `neurips18` (output sensitivity,
@@ -81,6 +82,11 @@ def parse_args(argv=None):
     )
     parser.add_argument("--out", default=os.path.join(HERE, "..", "docs"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        help="re-render results.md and its figures from a results.json",
+    )
     return parser.parse_args(argv)
 
 
@@ -306,6 +312,9 @@ def to_markdown(results, meta):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.from_json:
+        print(rewrite_from_json(args.from_json))
+        return 0
     dataset, train_data, test_data = load(args)
     data = (train_data, test_data)
     models = [m for m in args.models.split(",") if m]
@@ -351,11 +360,50 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
-    markdown = to_markdown(results, meta)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(markdown + "\n")
-    print(markdown)
+    print(write_page(results, meta, args.out))
     return 0
+
+
+def write_figures(results, out):
+    """One accuracy-vs-compression PNG per model; returns their file names."""
+    from keras_serene import plots
+
+    names = []
+    for model_name, runs in results.items():
+        points = [
+            {
+                "name": method,
+                "accuracy": r["accuracy"],
+                "compression": 1.0 / r["nonzero_fraction"],
+            }
+            for method, r in runs.items()
+        ]
+        name = f"results_{model_name}.png"
+        figure = plots.plot_accuracy_vs_compression(
+            points,
+            path=os.path.join(out, name),
+            title=f"{model_name}: test accuracy vs compression",
+        )
+        figure.clf()
+        names.append(name)
+    return names
+
+
+def write_page(results, meta, out):
+    """Writes `results.md` (tables and figures) in `out`; returns its text."""
+    markdown = to_markdown(results, meta)
+    figures = write_figures(results, out)
+    markdown += "\n" + "\n".join(f"![{name}]({name})" for name in figures)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown + "\n")
+    return markdown
+
+
+def rewrite_from_json(path):
+    """Re-renders `results.md` and its figures from a `results.json`."""
+    with open(path) as f:
+        saved = json.load(f)
+    return write_page(saved["results"], saved["meta"], os.path.dirname(path))
 
 
 if __name__ == "__main__":
