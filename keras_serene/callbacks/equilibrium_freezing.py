@@ -44,6 +44,7 @@ from keras_serene import equilibrium as eq
 from keras_serene import masks as masks_lib
 from keras_serene import neurons as neurons_lib
 from keras_serene import preactivations
+from keras_serene.callbacks._config import from_config_with_data
 from keras_serene.metrics.psp_entropy import is_dataset
 
 
@@ -360,13 +361,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if "validation_data" not in config:
-            raise ValueError(
-                "EquilibriumFreezing.from_config: the config holds no data; "
-                'add `config["validation_data"] = x` (or a dataset) first.'
-            )
-        return cls(**config)
+        return from_config_with_data(cls, config, "x")
 
 
 def _masking_optimizer(model):

@@ -23,6 +23,7 @@ import math
 
 import keras
 
+from keras_serene.callbacks._config import from_config_with_data
 from keras_serene.metrics.psp_entropy import PER_VALUES
 from keras_serene.metrics.psp_entropy import PSPEntropyCounter
 from keras_serene.metrics.psp_entropy import is_dataset
@@ -214,10 +215,4 @@ class PSPEntropyLogger(keras.callbacks.Callback):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if "validation_data" not in config:
-            raise ValueError(
-                "PSPEntropyLogger.from_config: the config holds no data; add "
-                '`config["validation_data"] = (x, y)` (or a dataset) first.'
-            )
-        return cls(**config)
+        return from_config_with_data(cls, config, "(x, y)")
