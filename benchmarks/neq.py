@@ -10,7 +10,7 @@ saves no time on a CPU or GPU, so `EquilibriumFreezing(skip_frozen_layers=
 True)` stops computing the weight gradients of Dense/Conv layers whose
 neurons are all frozen; we measure the wall-clock effect.
 
-Protocol, per model (`keras_serene.zoo.lenet5`, and `small_resnet` with
+Protocol, per model (`keras_serene.app.zoo.lenet5`, and `small_resnet` with
 `width=8` to fit the CPU budget), a Fashion-MNIST training subset, SGD with
 momentum 0.9 and a cosine learning-rate decay to 0 (the paper's schedules
 decay the rate too, which is when neurons settle), one seed for all runs
@@ -52,10 +52,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
-from keras_serene import datasets  # noqa: E402
-from keras_serene import masks as masks_lib  # noqa: E402
-from keras_serene import neurons as neurons_lib  # noqa: E402
-from keras_serene import zoo  # noqa: E402
+from keras_serene.app import datasets  # noqa: E402
+from keras_serene.core import masking as masks_lib  # noqa: E402
+from keras_serene.core import neurons as neurons_lib  # noqa: E402
+from keras_serene.app import zoo  # noqa: E402
 
 FULL = {
     "lenet5": dict(train=5000, epochs=12, batch=64, lr=0.05, kwargs={}),
@@ -80,7 +80,7 @@ RUNS = ("baseline", "neq", "neq_no_skip", "random")
 
 class RandomFreezing(keras.callbacks.Callback):
     """Control: each epoch, freezes `counts[epoch][i]` random neurons of the
-    `i`-th neuron layer (`keras_serene.neurons.neuron_layers` order)."""
+    `i`-th neuron layer (`keras_serene.core.neurons.neuron_layers` order)."""
 
     def __init__(self, counts, seed=0):
         super().__init__()
@@ -257,7 +257,7 @@ def main(argv=None):
     config = QUICK if args.quick else FULL
     models = [m for m in args.models.split(",") if m]
     if not datasets.fashion_mnist_available():
-        print("Fashion-MNIST IDX files not found; see keras_serene.datasets.")
+        print("Fashion-MNIST IDX files not found; see keras_serene.app.datasets.")
         return 1
     (x_all, y_all), (xt_all, yt_all) = datasets.load_fashion_mnist(
         allow_download=False

@@ -16,7 +16,7 @@ train-step time on the same model, the same data and the same batch:
   its own plain-SGD baseline, in a separate process (`TF_USE_LEGACY_KERAS=1`,
   `tf_keras`), on LeNet-300 only (reference: about 1.13x and 1.5x).
 
-Models: `keras_serene.zoo.lenet300` and `lenet5` (28x28x1, 10 classes,
+Models: `keras_serene.app.zoo.lenet300` and `lenet5` (28x28x1, 10 classes,
 logits), batch 100, random inputs (the step time does not depend on the
 values). Timing: each variant's `fit` is compiled once (warm-up), then the
 variants are timed in turn, interleaved, `--repeats` times; one timing is
@@ -24,7 +24,7 @@ the slope `(T(steps + 1) - T(1)) / steps` of two `fit` calls, so `fit`'s
 fixed cost per call cancels out (`output_exact` runs `steps / 10` steps).
 The table reports the median time per step and its ratio to SGD's median.
 Also printed: the memory of the masks per parameter
-(`keras_serene.masks.mask_bytes`).
+(`keras_serene.core.masking.mask_bytes`).
 
 Run: `python benchmarks/overhead.py --quick` (a few minutes on 2 CPU cores)
 or without `--quick` for more steps and repeats. Timings on a shared
@@ -59,7 +59,7 @@ def _variants(model_name, exact, jit=False):
     import keras
 
     import keras_serene as ks
-    from keras_serene import zoo
+    from keras_serene.app import zoo
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     init = zoo.get(model_name).get_weights()
@@ -107,7 +107,7 @@ def _seconds_per_step(fit, data, steps, clock="wall"):
 
 def time_keras(model_name, steps, repeats, exact, clock="wall", jit=False):
     """Median seconds per step of each variant, interleaved."""
-    from keras_serene import masks
+    from keras_serene.core import masking as masks
 
     variants = _variants(model_name, exact, jit)
     data = _dataset(steps)

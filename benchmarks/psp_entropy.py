@@ -7,7 +7,7 @@ PSP-entropy (they are less class-specific) than one-shot magnitude pruning
 followed by fine-tuning, and generalizes at least as well.
 
 Protocol (a small-budget version of the paper's):
-1. Dense warm-up: `keras_serene.zoo.lenet5` trained with plain SGD(0.1),
+1. Dense warm-up: `keras_serene.app.zoo.lenet5` trained with plain SGD(0.1),
    batch 100, on a Fashion-MNIST subset (10% of it held out for validation).
 2. Gradual arm, from the warm-up weights: LOBSTER,
    `ks.SensitivityOptimizer(SGD(0.1), sensitivity="loss", decay=1e-4)` and
@@ -24,7 +24,7 @@ Protocol (a small-budget version of the paper's):
    arm's final sparsity, then fine-tune with SGD(0.1) for as many epochs as
    the gradual arm (`--finetune-epochs`) with those entries masked
    (`SensitivityOptimizer(decay=0)` and the pruned flags of
-   `keras_serene.masks`, the library's one mask mechanism).
+   `keras_serene.core.masking`, the library's one mask mechanism).
 4. Control: the warm-up model trained on densely with SGD(0.1) for as many
    epochs, to tell what pruning changes from what more training changes.
 5. On test samples: accuracy (`--test-samples`, all 10,000 by default)
@@ -33,7 +33,7 @@ Protocol (a small-budget version of the paper's):
    and the fraction of constant neurons (never or always on).
 
 Outputs: a table on stdout, and in `--out-dir` a JSON report (schema of
-`keras_serene.report`) and its PNG figures.
+`keras_serene.app.report`) and its PNG figures.
 
 Run: `python benchmarks/psp_entropy.py` (~15 min on 2 CPU cores) or
 `python benchmarks/psp_entropy.py --quick` (1-2 min, numbers only indicative).
@@ -51,10 +51,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
-from keras_serene import datasets  # noqa: E402
-from keras_serene import masks as masks_lib  # noqa: E402
-from keras_serene import report as report_lib  # noqa: E402
-from keras_serene import zoo  # noqa: E402
+from keras_serene.app import datasets  # noqa: E402
+from keras_serene.core import masking as masks_lib  # noqa: E402
+from keras_serene.app import report as report_lib  # noqa: E402
+from keras_serene.app import zoo  # noqa: E402
 
 FULL = dict(
     train=12000,

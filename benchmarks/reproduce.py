@@ -36,8 +36,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
-from keras_serene import datasets  # noqa: E402
-from keras_serene import zoo  # noqa: E402
+from keras_serene.app import datasets  # noqa: E402
+from keras_serene.app import zoo  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = (
@@ -366,7 +366,7 @@ def main(argv=None):
 
 def write_figures(results, out):
     """One accuracy-vs-compression PNG per model; returns their file names."""
-    from keras_serene import plots
+    from keras_serene.app import plots
 
     names = []
     for model_name, runs in results.items():

@@ -12,7 +12,7 @@ Protocol (a small-budget version of the paper's, one run in one process):
 1. Data: a class-balanced random subset of Fashion-MNIST train
    (`--train`), the first `--test` test images.
 2. Three VGG-style CNNs with BN, same widths and seed
-   (`keras_serene.importance_training.importance_vgg`): `"rni"`
+   (`keras_serene.rni.importance_optimizer.importance_vgg`): `"rni"`
    (`BoundedBatchNormalization` + `RecedingImportance(strength, shift=3)`,
    trained through `ks.ImportanceOptimizer`: lr x 10 and no weight decay on
    the bounded scales), `"l1"` (BN, gamma init 0.5, `L1(strength)` on gamma),
@@ -54,9 +54,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
-from keras_serene import datasets  # noqa: E402
-from keras_serene.importance_pruning import mask_by_importance  # noqa: E402
-from keras_serene.importance_training import importance_vgg  # noqa: E402
+from keras_serene.app import datasets  # noqa: E402
+from keras_serene.rni.importance_pruning import mask_by_importance  # noqa: E402
+from keras_serene.rni.importance_optimizer import importance_vgg  # noqa: E402
 
 FULL = dict(
     train=8000,

@@ -1,6 +1,6 @@
 """Benchmark: what physical slimming buys on LiteRT, measured side by side.
 
-For LeNet-300, LeNet-5 and the MobileNet-like CNN of `keras_serene.zoo`, at
+For LeNet-300, LeNet-5 and the MobileNet-like CNN of `keras_serene.app.zoo`, at
 50%, 75% and 90% of the channels of every free (not pinned) group zeroed at
 random (kernel slices, biases, and the group's BN `gamma`/`beta` and
 depthwise filters, so the channel is exactly 0), prints the `.tflite` size
@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
-from keras_serene import zoo  # noqa: E402
+from keras_serene.app import zoo  # noqa: E402
 from keras_serene.export import tflite_latency  # noqa: E402
 
 

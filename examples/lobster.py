@@ -28,8 +28,8 @@ import os
 import keras
 
 import keras_serene as ks
-from keras_serene import datasets
-from keras_serene import zoo
+from keras_serene.app import datasets
+from keras_serene.app import zoo
 
 
 def parse_args(argv=None):

@@ -33,8 +33,8 @@ import keras
 import numpy as np
 
 import keras_serene as ks
-from keras_serene import datasets
-from keras_serene import zoo
+from keras_serene.app import datasets
+from keras_serene.app import zoo
 
 
 def parse_args(argv=None):

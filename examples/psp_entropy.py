@@ -18,7 +18,7 @@ What it shows:
    training;
 2. `ks.callbacks.PSPEntropyLogger`: the per-layer mean in the training logs
    (`history.history["psp_entropy/conv1"]`, ...);
-3. `keras_serene.plots` (matplotlib): a histogram PNG of `H_i` per layer,
+3. `keras_serene.app.plots` (matplotlib): a histogram PNG of `H_i` per layer,
    initial vs trained, and the training curves.
 
 Run:
@@ -33,9 +33,9 @@ import os
 import keras
 
 import keras_serene as ks
-from keras_serene import datasets
-from keras_serene import plots
-from keras_serene import zoo
+from keras_serene.app import datasets
+from keras_serene.app import plots
+from keras_serene.app import zoo
 
 
 def parse_args(argv=None):

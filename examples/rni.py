@@ -10,7 +10,7 @@ What it shows:
 2. `ks.regularizers.RecedingImportance(strength, shift)` on `w`: the penalty
    `s (1 - ln s)` with `s = sigmoid(w + shift)` pushes unimportant channels
    towards 0 and leaves important ones alone;
-3. `ks.ImportanceOptimizer` (`keras_serene.importance_training`): the
+3. `ks.ImportanceOptimizer` (`keras_serene.rni.importance_optimizer`): the
    authors' recipe trains the bounded scales with 10x the learning rate and
    no weight decay; the wrapper does that for any SGD;
 4. `ks.prune_by_importance(model, ratio)`: the `ratio` least important
@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 import keras_serene as ks
-from keras_serene import datasets
+from keras_serene.app import datasets
 
 
 def parse_args(argv=None):

@@ -24,24 +24,29 @@ if os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in ("1", "true"):
         stacklevel=2,
     )
 
-# Public API. Each line below is owned by the module it imports.
+# Public API. Each line below is owned by the module it imports; the
+# method packages (core, sensitivity, neq, psp, rni, slimming, export, app)
+# hold the code, and callbacks/layers/metrics/regularizers are faces.
 from keras_serene import callbacks  # noqa: E402
-from keras_serene import datasets  # noqa: E402
+from keras_serene import export  # noqa: E402
 from keras_serene import layers  # noqa: E402
 from keras_serene import metrics  # noqa: E402
-from keras_serene import plots  # noqa: E402
 from keras_serene import regularizers  # noqa: E402
-from keras_serene import report  # noqa: E402
 from keras_serene import sensitivity  # noqa: E402
-from keras_serene import zoo  # noqa: E402
-from keras_serene.export import to_tflite  # noqa: E402
-from keras_serene.importance_pruning import prune_by_importance  # noqa: E402
-from keras_serene.importance_training import ImportanceOptimizer  # noqa: E402
-from keras_serene.sensitivity_model import SensitivityModel  # noqa: E402
-from keras_serene.sensitivity_optimizer import SensitivityOptimizer  # noqa: E402
+from keras_serene.app import datasets  # noqa: E402
+from keras_serene.app import plots  # noqa: E402
+from keras_serene.app import report  # noqa: E402
+from keras_serene.app import zoo  # noqa: E402
+from keras_serene.core.strip import strip_masks  # noqa: E402
+from keras_serene.export.summary import summary  # noqa: E402
+from keras_serene.export.tflite import to_tflite  # noqa: E402
+from keras_serene.rni.importance_optimizer import ImportanceOptimizer  # noqa: E402
+from keras_serene.rni.importance_pruning import prune_by_importance  # noqa: E402
+from keras_serene.sensitivity.sensitivity_model import SensitivityModel  # noqa: E402
+from keras_serene.sensitivity.sensitivity_optimizer import (  # noqa: E402
+    SensitivityOptimizer,
+)
 from keras_serene.slimming import slim  # noqa: E402
 from keras_serene.slimming import slimming_plan  # noqa: E402
-from keras_serene.strip import strip_masks  # noqa: E402
-from keras_serene.summary import summary  # noqa: E402
 
 __version__ = "0.1.0"

@@ -2,6 +2,6 @@
 
 import sys
 
-from keras_serene.cli import main
+from keras_serene.app.cli import main
 
 sys.exit(main())

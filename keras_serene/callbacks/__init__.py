@@ -1,5 +1,5 @@
-"""keras_serene.callbacks: public callbacks."""
+"""keras_serene.callbacks: public callbacks (re-exports of the method packages)."""
 
-from keras_serene.callbacks.equilibrium_freezing import EquilibriumFreezing
-from keras_serene.callbacks.psp_entropy_logger import PSPEntropyLogger
-from keras_serene.callbacks.sensitivity_pruning import SensitivityPruning
+from keras_serene.neq.equilibrium_freezing import EquilibriumFreezing
+from keras_serene.psp.psp_entropy_logger import PSPEntropyLogger
+from keras_serene.sensitivity.sensitivity_pruning import SensitivityPruning

@@ -1,2 +1,2 @@
-"""keras_serene.metrics: public metrics."""
-from keras_serene.metrics.psp_entropy import psp_entropy
+"""keras_serene.metrics: public metrics (re-exports of the method packages)."""
+from keras_serene.psp.psp_entropy import psp_entropy

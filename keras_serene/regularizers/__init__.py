@@ -1,3 +1,3 @@
-"""keras_serene.regularizers: public regularizers."""
+"""keras_serene.regularizers: public regularizers (re-exports of the method packages)."""
 
-from keras_serene.regularizers.receding_importance import RecedingImportance
+from keras_serene.rni.receding_importance import RecedingImportance

@@ -13,7 +13,7 @@ channels of a 4-D tensor, which we do not reproduce). Every parameter of the
 neuron, bias included, shares it: `w_nj <- w_nj - decay * w_nj *
 relu(1 - S_n)` (Eq. 9), so a neuron the outputs do not need shrinks as a
 whole and can then be removed (`ks.slim`). Which weights belong to which
-neuron comes from `keras_serene.neurons`.
+neuron comes from `keras_serene.core.neurons`.
 
 Estimators (authors' code: `EIDOSLAB/SeReNe`,
 `src/utilities/pruning/sensitivity/SERENE.py` and `NeuronLOBSTER.py`):
@@ -41,9 +41,9 @@ All four read pre-activations, so they train through `ks.SensitivityModel`;
 import keras
 from keras import ops
 
-from keras_serene import _distribute
-from keras_serene import neurons as neurons_lib
-from keras_serene import preactivations as preactivations_lib
+from keras_serene.core import distribute as _distribute
+from keras_serene.core import neurons as neurons_lib
+from keras_serene.core import preactivations as preactivations_lib
 from keras_serene.sensitivity.output_sensitivity import single_output
 from keras_serene.sensitivity.sensitivity import Sensitivity
 
@@ -166,9 +166,9 @@ class NeuronSensitivity(Sensitivity):
                 raise ValueError(
                     "NeuronSensitivity cannot handle the regularized weight "
                     f"{variable.path!r} of {where}: it holds no neurons in "
-                    "`keras_serene.neurons.NEURON_WEIGHTS`. Exclude it "
+                    "`keras_serene.core.neurons.NEURON_WEIGHTS`. Exclude it "
                     "(`SensitivityOptimizer(exclude=[...])`), register the "
-                    "layer with `keras_serene.neurons."
+                    "layer with `keras_serene.core.neurons."
                     "register_neuron_weights`, or use sensitivity='loss'."
                 )
             chosen[id(weight.layer)] = weight.layer
@@ -217,7 +217,7 @@ class NeuronSensitivity(Sensitivity):
         `preactivations` (list of `(layer, z, neuron weights)`),
         `loss_gradients` (dL/dz, aligned), `recording()`,
         `gradient(target, sources)` and `replica_mean(tensors)` (see
-        `keras_serene.sensitivity_model`).
+        `keras_serene.sensitivity.sensitivity_model`).
         """
         layers = [layer for layer, _, _ in model_pass.preactivations]
         zs = [z for _, z, _ in model_pass.preactivations]

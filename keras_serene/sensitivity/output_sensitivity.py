@@ -170,7 +170,7 @@ class OutputSensitivity(Sensitivity):
 
         `model_pass` carries `variables`, `regularized` (bools), `outputs`,
         `labels`, `recording()`, `gradient(target, sources)` and
-        `replica_mean(tensors)` (see `keras_serene.sensitivity_model`).
+        `replica_mean(tensors)` (see `keras_serene.sensitivity.sensitivity_model`).
         """
         targets = [
             v for v, r in zip(model_pass.variables, model_pass.regularized) if r

@@ -1,0 +1,219 @@
+"""SensitivityPruning inside fit: thresholds, masks, logs, errors."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_serene as ks
+from keras_serene.core import masking as masks
+from keras_serene.app.datasets import load_digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x, y), (x_test, y_test) = load_digits()
+    return x.reshape(len(x), -1), y, x_test.reshape(len(x_test), -1), y_test
+
+
+def _model(compile_with=None, decay=1e-3):
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=compile_with
+        or ks.SensitivityOptimizer(keras.optimizers.SGD(0.1), decay=decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _pruner(**kwargs):
+    # A negative plateau tolerance finds plateaus within a few epochs.
+    defaults = dict(
+        patience=1, tolerance=0.2, plateau_tolerance=-0.05, verbose=0
+    )
+    return ks.callbacks.SensitivityPruning(**{**defaults, **kwargs})
+
+
+def test_prunes_and_logs_with_validation_split(digits):
+    x, y, x_test, y_test = digits
+    model = _model()
+    pruner = _pruner()
+    history = model.fit(
+        x,
+        y,
+        validation_split=0.2,
+        epochs=12,
+        batch_size=16,
+        verbose=0,
+        callbacks=[pruner],
+    )
+    logs = history.history
+    assert len(logs["sparsity"]) == 12
+    assert logs["sparsity"][-1] > 0.2
+    assert logs["pruning_threshold"][-1] == pytest.approx(pruner.threshold)
+    assert pruner.threshold > 0
+    assert np.all(np.diff(logs["sparsity"]) >= -1e-12)  # Monotone.
+    assert 0 < logs["alive_neurons"][-1] <= 1
+    # Every pruning step respected the loss bound.
+    for step in pruner.history:
+        assert step["loss_after"] <= step["bound"] + 1e-6
+    # Pruned entries are masked and stay exactly zero through training.
+    opt = masks.mask_optimizer(model)
+    kernel = model.layers[0].kernel
+    pruned = masks.pruned(opt, kernel)
+    assert pruned.any()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert np.all(kernel.numpy()[pruned] == 0.0)
+    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    assert accuracy > 0.8
+
+
+def test_callback_validation_data_matches_fit_validation(digits):
+    """Trials on the callback's own data equal trials on fit's cached data."""
+    x, y, _, _ = digits
+    split = int(0.8 * len(x))
+    validation = (x[split:], y[split:])
+    results = []
+    for own_data in (False, True):
+        keras.utils.set_random_seed(0)
+        model = _model()
+        pruner = _pruner(
+            validation_data=validation if own_data else None,
+        )
+        model.fit(
+            x[:split],
+            y[:split],
+            validation_data=validation,
+            epochs=8,
+            batch_size=16,
+            verbose=0,
+            shuffle=False,
+            callbacks=[pruner],
+        )
+        results.append(pruner.history)
+    assert results[0], "no pruning step happened"
+    assert [s["threshold"] for s in results[0]] == pytest.approx(
+        [s["threshold"] for s in results[1]], rel=1e-5
+    )
+
+
+def test_missing_validation_is_a_clear_error(digits):
+    x, y, _, _ = digits
+    with pytest.raises(ValueError, match="val_loss.*validation_split"):
+        _model().fit(x, y, epochs=1, verbose=0, callbacks=[_pruner()])
+
+
+def test_plain_optimizer_is_a_clear_error(digits):
+    x, y, _, _ = digits
+    model = _model(compile_with=keras.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="SensitivityOptimizer"):
+        model.fit(
+            x,
+            y,
+            validation_split=0.2,
+            epochs=1,
+            verbose=0,
+            callbacks=[_pruner()],
+        )
+
+
+def test_reusable_across_fits(digits):
+    x, y, _, _ = digits
+    model = _model()
+    pruner = _pruner()
+    first = model.fit(
+        x,
+        y,
+        validation_split=0.2,
+        epochs=8,
+        batch_size=16,
+        verbose=0,
+        callbacks=[pruner],
+    ).history["sparsity"]
+    assert pruner.history, "no pruning step happened"
+    pruner.plateau.bad_epochs = 99  # on_train_begin must reset the detector.
+    second = model.fit(
+        x,
+        y,
+        validation_split=0.2,
+        epochs=3,
+        batch_size=16,
+        verbose=0,
+        callbacks=[pruner],
+    ).history["sparsity"]
+    assert len(second) == 3
+    assert second[0] >= first[-1] > 0  # Continues from the masks.
+
+
+def test_structured_mode_masks_dead_neurons_whole(digits):
+    x, y, _, _ = digits
+    model = _model()
+    model.fit(x, y, epochs=1, verbose=0)
+    kernel, bias = model.layers[0].kernel, model.layers[0].bias
+    # Prune neuron 3's incoming weights by hand; its bias stays trainable.
+    where = np.zeros(kernel.shape, bool)
+    where[:, 3] = True
+    masks.set_flag(
+        masks.mask_optimizer(model), kernel, masks.PRUNED, where, zero=True
+    )
+    bias.assign(np.full(bias.shape, 0.5, "float32"))
+    pruner = _pruner(structured=True)
+    model.fit(
+        x,
+        y,
+        validation_split=0.2,
+        epochs=8,
+        batch_size=16,
+        verbose=0,
+        callbacks=[pruner],
+    )
+    assert pruner.history, "no pruning step happened"
+    opt = masks.mask_optimizer(model)
+    assert bias.numpy()[3] == 0.0 and masks.pruned(opt, bias)[3]
+    assert np.all(masks.pruned(opt, kernel)[:, 3])
+    model.fit(x, y, epochs=1, verbose=0)
+    assert bias.numpy()[3] == 0.0 and np.all(kernel.numpy()[:, 3] == 0)
+
+
+def test_sparsity_counts_only_regularized_variables(digits):
+    x, y, _, _ = digits
+    model = _model()
+    model.fit(
+        x, y, validation_split=0.2, epochs=1, verbose=0, callbacks=[_pruner()]
+    )
+    opt = masks.mask_optimizer(model)
+    assert len(opt.regularized_variables) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"tolerance": -0.1}, ValueError, "tolerance=-0.1"),
+        ({"patience": 0}, ValueError, "patience=0"),
+        ({"monitor": ""}, ValueError, "monitor=''"),
+        ({"structured": "yes"}, TypeError, "structured='yes'"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ks.callbacks.SensitivityPruning(**kwargs)
+
+
+def test_config_round_trip():
+    pruner = ks.callbacks.SensitivityPruning(
+        patience=7, tolerance=0.1, structured=True, verbose=0
+    )
+    config = pruner.get_config()
+    restored = ks.callbacks.SensitivityPruning.from_config(config)
+    assert restored.get_config() == config
+    again = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(pruner)
+    )
+    assert isinstance(again, ks.callbacks.SensitivityPruning)
+    assert again.get_config() == config
