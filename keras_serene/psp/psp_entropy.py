@@ -47,7 +47,10 @@ References:
 import keras
 import numpy as np
 
+from keras_serene.core import checks
 from keras_serene.core import preactivations
+from keras_serene.core.data import is_dataset  # noqa: F401 (old name)
+from keras_serene.core.data import iterate_batches
 
 CLAMP_MIN = 1e-4
 CLAMP_MAX = 0.9999
@@ -313,75 +316,6 @@ def _resolve_layers(model, names):
     return sorted(chosen, key=lambda la: order[id(la)])
 
 
-def iterate_batches(x, y, batch_size, caller):
-    """Yields `(x_batch, y_batch)` from arrays or a batched dataset."""
-    if is_dataset(x):
-        if y is not None:
-            raise ValueError(
-                f"{caller}: when `x` is a dataset it must yield (x, y) and "
-                f"`y` must be None. Received: y of type {type(y).__name__}"
-            )
-        if isinstance(x, keras.utils.PyDataset):
-            elements = (x[i] for i in range(len(x)))
-        else:
-            elements = iter(x)
-        for element in elements:
-            if not isinstance(element, (tuple, list)) or len(element) not in (
-                2,
-                3,
-            ):
-                raise ValueError(
-                    f"{caller}: the dataset must yield (x, y) or "
-                    f"(x, y, sample_weight) tuples. Received an element of "
-                    f"type {type(element).__name__}"
-                )
-            xb, yb = element[0], element[1]
-            if np.ndim(yb) == 0:
-                raise ValueError(
-                    f"{caller}: the dataset yields one sample at a time; "
-                    "batch it first (e.g. `dataset.batch(128)`)."
-                )
-            yield xb, yb
-        return
-    if y is None:
-        raise ValueError(
-            f"{caller}: `y` is required when `x` is an array (labels of the "
-            "samples). Received: y=None"
-        )
-    leaves = keras.tree.flatten(x)
-    if not leaves:
-        raise ValueError(f"{caller}: `x` holds no arrays. Received: x={x!r}")
-    n = len(leaves[0])
-    for leaf in leaves[1:]:
-        if len(leaf) != n:
-            raise ValueError(
-                f"{caller}: the inputs in `x` have different lengths "
-                f"({[len(a) for a in leaves]})."
-            )
-    y = np.asarray(y)
-    if y.ndim == 0 or len(y) != n:
-        raise ValueError(
-            f"{caller}: `y` must hold one label per sample of `x`: "
-            f"`x` has {n} samples, `y` has shape {y.shape}."
-        )
-    for start in range(0, n, batch_size):
-        window = slice(start, start + batch_size)
-        yield (
-            keras.tree.map_structure(lambda a, w=window: a[w], x),
-            y[window],
-        )
-
-
-def is_dataset(x):
-    if isinstance(x, keras.utils.PyDataset):
-        return True
-    try:
-        import tensorflow as tf
-    except ImportError:  # pragma: no cover - TF is a dependency
-        return False
-    return isinstance(x, tf.data.Dataset)
-
-
 def _labels_to_int(y, num_classes):
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
@@ -418,27 +352,10 @@ def _labels_to_int(y, num_classes):
 
 
 def _validate_batch_size(batch_size, caller):
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise ValueError(
-            f"{caller}: `batch_size` must be a positive int. "
-            f"Received: batch_size={batch_size!r}"
-        )
+    checks.check_int(caller, "batch_size", batch_size, minimum=1)
 
 
 def _validate_num_classes(num_classes, caller):
-    if num_classes is None:
-        return None
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, (int, np.integer))
-        or num_classes < 1
-    ):
-        raise ValueError(
-            f"{caller}: `num_classes` must be a positive int or None. "
-            f"Received: num_classes={num_classes!r}"
-        )
-    return int(num_classes)
+    return checks.check_int(
+        caller, "num_classes", num_classes, minimum=1, allow_none=True
+    )

@@ -23,11 +23,13 @@ import math
 
 import keras
 
+from keras_serene.core import checks
 from keras_serene.core.callback_config import from_config_with_data
+from keras_serene.core.data import check_xy
+from keras_serene.core.data import is_dataset
+from keras_serene.core.data import iterate_batches
 from keras_serene.psp.psp_entropy import PER_VALUES
 from keras_serene.psp.psp_entropy import PSPEntropyCounter
-from keras_serene.psp.psp_entropy import is_dataset
-from keras_serene.psp.psp_entropy import iterate_batches
 
 
 @keras.saving.register_keras_serializable(package="keras_serene")
@@ -84,61 +86,16 @@ class PSPEntropyLogger(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        if validation_data is None:
-            raise ValueError(
-                "PSPEntropyLogger: `validation_data` is required: (x, y) or a "
-                "batched dataset. Received: validation_data=None"
-            )
-        if not is_dataset(validation_data) and not (
-            isinstance(validation_data, (tuple, list))
-            and len(validation_data) == 2
-        ):
-            raise ValueError(
-                "PSPEntropyLogger: `validation_data` must be (x, y) or a "
-                "batched dataset yielding (x, y). Received: "
-                f"{type(validation_data).__name__}"
-                + (
-                    f" of length {len(validation_data)}"
-                    if isinstance(validation_data, (tuple, list))
-                    else ""
-                )
-            )
-        if per not in PER_VALUES:
-            raise ValueError(
-                f"PSPEntropyLogger: `per` must be one of {PER_VALUES}. "
-                f"Received: per={per!r}"
-            )
-        for arg, value, allow_none in (
-            ("frequency", frequency, False),
-            ("batch_size", batch_size, False),
-            ("num_classes", num_classes, True),
-        ):
-            if value is None and allow_none:
-                continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < 1
-            ):
-                raise ValueError(
-                    f"PSPEntropyLogger: `{arg}` must be a positive int"
-                    + (" or None" if allow_none else "")
-                    + f". Received: {arg}={value!r}"
-                )
-        if layers is not None and (
-            isinstance(layers, str)
-            or not isinstance(layers, (list, tuple))
-            or not all(isinstance(name, str) for name in layers)
-        ):
-            raise TypeError(
-                "PSPEntropyLogger: `layers` must be a list of layer names or "
-                f"None. Received: layers={layers!r}"
-            )
-        if not isinstance(prefix, str):
-            raise TypeError(
-                "PSPEntropyLogger: `prefix` must be a string. "
-                f"Received: prefix={prefix!r}"
-            )
+        owner = "PSPEntropyLogger"
+        check_xy(owner, "validation_data", validation_data)
+        checks.check_choice(owner, "per", per, PER_VALUES)
+        checks.check_int(owner, "frequency", frequency, minimum=1)
+        checks.check_int(owner, "batch_size", batch_size, minimum=1)
+        checks.check_int(
+            owner, "num_classes", num_classes, minimum=1, allow_none=True
+        )
+        checks.check_names(owner, "layers", layers)
+        checks.check_type(owner, "prefix", prefix, str, "be a string")
         self.validation_data = validation_data
         self.layers = None if layers is None else list(layers)
         self.per = per

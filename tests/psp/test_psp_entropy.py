@@ -249,7 +249,9 @@ def test_does_not_mutate_the_model():
 def test_bad_inputs_name_the_problem():
     model = _small_cnn()
     x, y = _cnn_data()
-    with pytest.raises(ValueError, match=r"`x` has 37 samples.*\(36,\)"):
+    with pytest.raises(
+        ValueError, match=r"as many samples in x as in y \(x: 37, y: 36\)"
+    ):
         ks.metrics.psp_entropy(model, x, y[:-1])
     with pytest.raises(ValueError, match="no layer named 'nope'"):
         ks.metrics.psp_entropy(model, x, y, layers=["nope"])
@@ -263,14 +265,18 @@ def test_bad_inputs_name_the_problem():
         ks.metrics.psp_entropy(model, x, y, batch_size=0)
     with pytest.raises(ValueError, match="out of range for num_classes=2"):
         ks.metrics.psp_entropy(model, x, y, num_classes=2)
-    with pytest.raises(ValueError, match="`y` is required"):
+    with pytest.raises(
+        ValueError, match="`y` must hold the labels.*Received: y=None"
+    ):
         ks.metrics.psp_entropy(model, x)
     with pytest.raises(TypeError, match="list of layer names"):
         ks.metrics.psp_entropy(model, x, y, layers="conv")
     unbatched = tf.data.Dataset.from_tensor_slices((x, y))
-    with pytest.raises(ValueError, match="batch it first"):
+    with pytest.raises(ValueError, match="be batched"):
         ks.metrics.psp_entropy(model, unbatched)
-    with pytest.raises(ValueError, match="`y` must be None"):
+    with pytest.raises(
+        ValueError, match="`y` must be None when `x` is a dataset"
+    ):
         ks.metrics.psp_entropy(model, unbatched.batch(4), y)
 
 
@@ -378,10 +384,55 @@ def test_logger_validates_arguments():
         logger_cls(data, per="x")
     with pytest.raises(ValueError, match="validation_data=None"):
         logger_cls(None)
-    with pytest.raises(ValueError, match="tuple of length 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"`validation_data` must be a tuple \(x, y\).*"
+        r"Received: validation_data=tuple\(",
+    ):
         logger_cls((data[0], data[1], data[1]))
     with pytest.raises(TypeError, match="layers='conv'"):
         logger_cls(data, layers="conv")
+
+
+def test_logger_refuses_bad_validation_data_at_construction():
+    x, y = _cnn_data()
+    logger_cls = ks.callbacks.PSPEntropyLogger
+    with pytest.raises(
+        ValueError,
+        match=r"PSPEntropyLogger: `validation_data` must hold as many "
+        r"samples in x as in y \(x: 37, y: 30\)",
+    ):
+        logger_cls((x, y[:30]))
+    with pytest.raises(ValueError, match="must be batched"):
+        logger_cls(tf.data.Dataset.from_tensor_slices((x, y)))
+    with pytest.raises(ValueError, match=r"yield \(x, y\)"):
+        logger_cls(tf.data.Dataset.from_tensor_slices(x).batch(4))
+    # The whole array never lands in the message: shape and dtype only.
+    with pytest.raises(ValueError) as info:
+        logger_cls((x, y[:30]))
+    assert "shape=(37, 6, 6, 1)" in str(info.value)
+    assert len(str(info.value)) < 400
+
+
+def test_logger_in_fit_with_tf_data_validation_equals_arrays():
+    x, y = _cnn_data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    logged = []
+    for data in ((x, y), dataset):
+        model = _small_cnn()
+        model.compile(
+            optimizer="sgd",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        logger = ks.callbacks.PSPEntropyLogger(data, per="channel")
+        history = model.fit(
+            x, y, epochs=2, batch_size=8, verbose=0, callbacks=[logger]
+        )
+        logged.append(history.history["psp_entropy/conv"])
+        # What was logged is the metric on the final weights.
+        expected = ks.metrics.psp_entropy(model, x, y, per="channel")
+        assert logged[-1][-1] == pytest.approx(expected["conv"]["mean"])
+    np.testing.assert_allclose(logged[0], logged[1], rtol=1e-6)
 
 
 def test_model_trained_with_logger_saves_and_loads(tmp_path):
