@@ -46,8 +46,6 @@ class LossSensitivity(Sensitivity):
           Eq. 7 and 11.
     """
 
-    requires_model = False
-
     def __init__(self, rescaled=False):
         if not isinstance(rescaled, bool):
             raise TypeError(
@@ -56,7 +54,7 @@ class LossSensitivity(Sensitivity):
             )
         self.rescaled = rescaled
 
-    def __call__(self, gradients, variables):
+    def __call__(self, gradients, variables, state=None):
         sensitivities = []
         for g in gradients:
             s = ops.abs(g)

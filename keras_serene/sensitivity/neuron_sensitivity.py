@@ -67,6 +67,12 @@ def per_channel_mean(layer, values):
     return ops.mean(ops.cast(values, "float32"), axis=axes)
 
 
+def _state_key(weights):
+    """Where a neuron layer's estimator state is kept: the path of its first
+    neuron weight (`weights` is its `NeuronWeight` list)."""
+    return weights[0].variable.path
+
+
 @keras.saving.register_keras_serializable(package="keras_serene")
 class NeuronSensitivity(Sensitivity):
     """Neuron sensitivity (SeReNe): one S per neuron, for all its weights.
@@ -130,7 +136,6 @@ class NeuronSensitivity(Sensitivity):
         self.estimator = estimator
         self.momentum = float(momentum)
         self._layout = []
-        self._buffers = {}
 
     @property
     def needs_loss_gradients(self):
@@ -139,6 +144,10 @@ class NeuronSensitivity(Sensitivity):
     @property
     def uses_extra_pass(self):
         return self.estimator in ("lower_bound", "full")
+
+    @property
+    def vanishes_on_softmax(self):
+        return self.estimator == "lower_bound"
 
     def probed_layers(self, model, variables):
         """The neuron layers of `model` holding a regularized variable.
@@ -187,6 +196,7 @@ class NeuronSensitivity(Sensitivity):
         outputs = getattr(model, "outputs", None)
         if outputs is not None and len(outputs) != 1:
             single_output(outputs, "NeuronSensitivity")
+        super().bind(model, variables)
         probed = {id(la) for la in self.probed_layers(model, variables)}
         self._layout = []
         for layer, weights in neurons_lib.neuron_layers(model):
@@ -194,27 +204,31 @@ class NeuronSensitivity(Sensitivity):
                 count = neurons_lib.num_neurons(
                     weights[0].kind, weights[0].variable.shape
                 )
-                self._layout.append((id(layer), layer.name, count))
+                self._layout.append((_state_key(weights), count))
 
     def build(self, optimizer, variables):
-        """Creates the `"loss"` estimator's per-layer momentum buffers."""
+        """The `"loss"` estimator's state: one momentum buffer per probed
+        neuron layer, created as optimizer state (saved with it) and keyed
+        by the layer's first neuron weight (`variable.path`)."""
         if self.estimator != "loss":
-            return
-        for key, name, count in self._layout:
-            if key not in self._buffers:
-                self._buffers[key] = optimizer.add_variable(
-                    shape=(count,),
-                    initializer="zeros",
-                    dtype="float32",
-                    name=f"{name}_neuron_sensitivity",
-                )
+            return {}
+        return {
+            key: optimizer.add_variable(
+                shape=(count,),
+                initializer="zeros",
+                dtype="float32",
+                name=f"{key.replace('/', '_')}_neuron_sensitivity",
+            )
+            for key, count in self._layout
+        }
 
     def from_model(self, model_pass):
         """S for the regularized variables of one `ks.SensitivityModel`
         step: one per-neuron vector per layer, broadcast to its weights.
 
         `model_pass` carries `variables`, `regularized`, `outputs`,
-        `preactivations` (list of `(layer, z, neuron weights)`),
+        `state` (what `build` returned), `preactivations` (list of
+        `(layer, z, neuron weights)`),
         `loss_gradients` (dL/dz, aligned), `recording()`,
         `gradient(target, sources)` and `replica_mean(tensors)` (see
         `keras_serene.sensitivity.sensitivity_model`).
@@ -233,7 +247,11 @@ class NeuronSensitivity(Sensitivity):
                     for la, g in zip(layers, model_pass.loss_gradients)
                 ]
             )
-            values = self._update_buffers(layers, means)
+            values = self._update_buffers(
+                model_pass.state,
+                [ws for _, _, ws in model_pass.preactivations],
+                means,
+            )
         else:
             values = self._output_sensitivities(model_pass, layers, zs)
         return self._broadcast(model_pass, values)
@@ -259,14 +277,15 @@ class NeuronSensitivity(Sensitivity):
             )
         return model_pass.replica_mean(stats)
 
-    def _update_buffers(self, layers, means):
+    def _update_buffers(self, state, layer_weights, means):
         buffers = []
-        for layer in layers:
-            buffer = self._buffers.get(id(layer))
+        for weights in layer_weights:
+            buffer = state.get(_state_key(weights))
             if buffer is None:
                 raise ValueError(
                     "NeuronSensitivity(estimator='loss') has no buffer for "
-                    f"layer {layer.name!r}: compile `ks.SensitivityModel` "
+                    f"layer {weights[0].layer.name!r}: compile "
+                    "`ks.SensitivityModel` "
                     "with a fresh `ks.SensitivityOptimizer`."
                 )
             buffers.append(buffer)

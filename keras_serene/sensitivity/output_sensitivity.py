@@ -12,7 +12,9 @@ sensitivity optimizer then applies `w <- w - decay * w * relu(1 - S)`
 
 Which `y`: the model's own output tensor, as it is: the logits when the model
 ends without a softmax (as the lab's models do), the probabilities when it
-ends with one. A model must have a single output; it is flattened to
+ends with one. On a softmax the unspecific one-pass bound vanishes
+identically (`sum_k y_k = 1`): `bind` warns and names the fix (logits, or
+`exact=True`, or `mode="specific"`). A model must have a single output; it is flattened to
 `(batch, K)`.
 
 Batch: the paper defines S for one input. We estimate it on the minibatch
@@ -132,9 +134,6 @@ class OutputSensitivity(Sensitivity):
     """
 
     requires_model = True
-    per_neuron = False
-    needs_preactivations = False
-    needs_loss_gradients = False
     uses_extra_pass = True
 
     def __init__(self, mode="unspecific", exact=False):
@@ -151,11 +150,17 @@ class OutputSensitivity(Sensitivity):
         self.mode = mode
         self.exact = exact
 
+    @property
+    def vanishes_on_softmax(self):
+        return self.mode == "unspecific" and not self.exact
+
     def bind(self, model, variables):
-        """Checks that `model` has one output to differentiate."""
+        """Checks that `model` has one output to differentiate, and warns
+        when the one-pass unspecific bound vanishes on its softmax."""
         outputs = getattr(model, "outputs", None)
         if outputs is not None and len(outputs) != 1:
             single_output(outputs, "OutputSensitivity")
+        super().bind(model, variables)
 
     def weights(self, y, labels):
         """`a_bk` for outputs `y` of shape `(batch, K)`."""

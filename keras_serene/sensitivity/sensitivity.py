@@ -1,4 +1,4 @@
-"""The sensitivity estimator interface.
+"""The sensitivity estimator protocol.
 
 A sensitivity `S` says how much a quantity (the loss, the outputs) depends on
 a parameter. The sensitivity optimizer decays each regularized parameter by
@@ -8,34 +8,99 @@ its insensitivity, `w <- w - decay * w * relu(1 - S)` (NeurIPS 2018, arXiv
 (optax's split between a transform's statistics and its application).
 
 An estimator returns, for each regularized variable, a tensor that broadcasts
-to the variable's shape (per entry, or per neuron). Estimators that need
-quantities the training gradient does not hold (the outputs' gradients, the
-pre-activations) set `requires_model = True`: `ks.SensitivityModel` computes
-them in its `train_step` and hands the result to the optimizer explicitly.
+to the variable's shape (per entry, or per neuron). Everything the train step
+needs to know about an estimator is a declared attribute of `Sensitivity`
+(no `hasattr` probing), and an estimator holds no training state: what it
+carries from step to step (NeuronLOBSTER's momentum buffers) is optimizer
+state that `build` creates and returns, and that comes back to it, optax
+style, as `model_pass.state` (`ks.SensitivityModel`) or `state`
+(`__call__`).
 """
 
+import warnings
+
 import keras
+
+from keras_serene import KerasSereneWarning
 
 
 class Sensitivity:
     """Base class of the sensitivity estimators.
 
-    Subclasses implement `__call__(gradients, variables)` (estimators that
-    reuse the training gradient) or `from_model(...)` (estimators that need
-    `ks.SensitivityModel`), plus `get_config`.
+    Subclasses implement `__call__(gradients, variables, state)` (estimators
+    that reuse the training gradient) or `from_model(model_pass)`
+    (estimators that need `ks.SensitivityModel`), plus `get_config`, and
+    declare what they need with the class attributes below.
+
+    Attributes:
+        requires_model: Bool. S needs `ks.SensitivityModel`'s train step
+            (the outputs, the pre-activations), not just the gradient.
+        per_neuron: Bool. One S per neuron, shared by its weights; makes
+            `ks.callbacks.SensitivityPruning` structured by default.
+        needs_preactivations: Bool. The train step must read the neuron
+            layers' pre-activations (`model_pass.preactivations`).
+        needs_loss_gradients: Bool. The train step must also take the loss
+            gradient w.r.t. the pre-activations (`model_pass.loss_gradients`).
+        uses_extra_pass: Bool. S needs backward passes from the outputs
+            beyond the training one (the tape is kept for them).
+        vanishes_on_softmax: Bool. S is identically zero when the model ends
+            in a softmax (the one-pass bound differentiates `sum_k y_k = 1`);
+            `bind` warns.
     """
 
-    #: True when S needs an extra pass through the model
-    #: (`ks.SensitivityModel`), False when the training gradient suffices.
     requires_model = False
+    per_neuron = False
+    needs_preactivations = False
+    needs_loss_gradients = False
+    uses_extra_pass = False
+    vanishes_on_softmax = False
+
+    def bind(self, model, variables):
+        """Checks `model` before training (`ks.SensitivityModel.compile`).
+
+        The base class warns when `vanishes_on_softmax` and the model ends
+        in a softmax. Subclasses call `super().bind(model, variables)`.
+        """
+        if not self.vanishes_on_softmax:
+            return
+        layer = softmax_output_layer(model)
+        if layer is not None:
+            warnings.warn(
+                f"{self!r}: model {model.name!r} ends in a softmax (layer "
+                f"{layer.name!r}), so sum_k y_k = 1 and this one-pass bound "
+                "of S is identically zero: training would be a plain decay. "
+                "End the model with logits (activation=None, and "
+                "`from_logits=True` in the loss), or use the exact form "
+                "(`OutputSensitivity(exact=True)`, "
+                "`NeuronSensitivity('full')`) or mode='specific'.",
+                KerasSereneWarning,
+                stacklevel=3,
+            )
 
     def build(self, optimizer, variables):
-        """Creates state, e.g. with `optimizer.add_variable`. Optional."""
+        """Creates the estimator's optimizer state and returns it.
 
-    def __call__(self, gradients, variables):
+        Args:
+            optimizer: the `SensitivityOptimizer` being built
+                (`optimizer.add_variable` creates state it saves).
+            variables: the regularized variables.
+
+        Returns:
+            A dict of state variables (empty by default), handed back to the
+            estimator at every step.
+        """
+        return {}
+
+    def __call__(self, gradients, variables, state=None):
         raise NotImplementedError(
             f"{type(self).__name__} computes its sensitivities from the model "
             "(it needs `ks.SensitivityModel`), not from the training gradient."
+        )
+
+    def from_model(self, model_pass):
+        raise NotImplementedError(
+            f"{type(self).__name__} computes its sensitivities from the "
+            "training gradient; it does not need `ks.SensitivityModel`."
         )
 
     def get_config(self):
@@ -48,6 +113,44 @@ class Sensitivity:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _is_softmax(layer):
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) == "softmax"
+
+
+def _output_layers(model):
+    """The layers of `model` whose output is one of the model's outputs."""
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1:]
+    outputs = [id(t) for t in keras.tree.flatten(getattr(model, "outputs", []))]
+    found = []
+    for layer in model.layers:
+        try:
+            output = layer.output
+        except (AttributeError, ValueError):  # shared layer, several nodes
+            continue
+        if any(id(t) in outputs for t in keras.tree.flatten(output)):
+            found.append(layer)
+    return found
+
+
+def softmax_output_layer(model):
+    """The layer producing a softmax output of `model`, or None.
+
+    Looks through nested models; a subclassed model (no graph) gives None.
+    """
+    for layer in _output_layers(model):
+        if isinstance(layer, keras.Model):
+            inner = softmax_output_layer(layer)
+            if inner is not None:
+                return inner
+        elif _is_softmax(layer):
+            return layer
+    return None
 
 
 def serialize(estimator):

@@ -45,6 +45,8 @@ class ModelPass:
             layers (empty unless the estimator asks for them).
         loss_gradients: list of `dL/dz`, aligned with `preactivations`
             (empty unless the estimator asks for them).
+        state: the estimator's optimizer state (the dict its `build`
+            returned, kept by the optimizer as `sensitivity_state`).
 
     Compute the targets to differentiate inside `with
     model_pass.recording():`, then call `model_pass.gradient(target,
@@ -61,6 +63,7 @@ class ModelPass:
         preactivations,
         loss_gradients,
         num_replicas,
+        state=None,
     ):
         self._tape = tape
         self.variables = variables
@@ -70,6 +73,7 @@ class ModelPass:
         self.preactivations = preactivations
         self.loss_gradients = loss_gradients
         self.num_replicas = num_replicas
+        self.state = state if state is not None else {}
 
     def recording(self):
         """A context in which computations are recorded for `gradient`.
@@ -220,13 +224,14 @@ class SensitivityModel(keras.Model):
             for v in self.model.trainable_variables
             if is_regularized(v, optimizer.exclude)
         ]
-        if hasattr(estimator, "bind"):
-            estimator.bind(self.model, regularized)
-        if optimizer.built and estimator.requires_model:
+        estimator.bind(self.model, regularized)
+        if optimizer.built and not optimizer.sensitivity_state:
             # State for a model bound after the optimizer was built.
-            estimator.build(optimizer, optimizer.regularized_variables)
+            optimizer.sensitivity_state = estimator.build(
+                optimizer, optimizer.regularized_variables
+            )
         probe, weights = None, {}
-        if getattr(estimator, "needs_preactivations", False):
+        if estimator.needs_preactivations:
             layers = estimator.probed_layers(self.model, regularized)
             probe = preactivations_lib.preactivation_model(
                 self.model, layers, caller="SensitivityModel"
@@ -246,7 +251,7 @@ class SensitivityModel(keras.Model):
         estimator = plan.estimator
         optimizer = self.optimizer
         decayed = optimizer.decay > 0 and estimator.requires_model
-        extra = decayed and getattr(estimator, "uses_extra_pass", True)
+        extra = decayed and estimator.uses_extra_pass
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape(persistent=extra) as tape:
             if plan.probe is not None:
@@ -262,11 +267,7 @@ class SensitivityModel(keras.Model):
             )
             scaled = optimizer.scale_loss(loss)
         variables = list(self.trainable_variables)
-        wanted = (
-            zs
-            if decayed and getattr(estimator, "needs_loss_gradients", False)
-            else []
-        )
+        wanted = zs if decayed and estimator.needs_loss_gradients else []
         # One backward pass: the training gradient and, for NeuronLOBSTER,
         # the loss gradient w.r.t. the pre-activations.
         grads = tape.gradient(scaled, variables + list(wanted))
@@ -291,6 +292,7 @@ class SensitivityModel(keras.Model):
                 plan.preactivations(zs),
                 loss_gradients,
                 num_replicas,
+                optimizer.sensitivity_state,
             )
             sensitivities = estimator.from_model(model_pass)
         del tape

@@ -162,6 +162,9 @@ class SensitivityOptimizer(OptimizerWrapper):
             )
         super().__init__(inner_optimizer, name=name, **kwargs)
         self.sensitivity = sensitivity_lib.get(sensitivity)
+        #: The estimator's optimizer state: what `sensitivity.build`
+        #: returned (a dict of variables), handed back at every step.
+        self.sensitivity_state = {}
         self.decay = float(decay)
         self.exclude = list(exclude)
 
@@ -185,7 +188,7 @@ class SensitivityOptimizer(OptimizerWrapper):
             is_regularized(variable, self.exclude) for variable in var_list
         ]
         super().build(var_list)
-        self.sensitivity.build(
+        self.sensitivity_state = self.sensitivity.build(
             self, [v for v, r in zip(var_list, self._regularized) if r]
         )
 
@@ -282,7 +285,9 @@ class SensitivityOptimizer(OptimizerWrapper):
                 "`model`), or use sensitivity='loss'."
             )
         reduced = _distribute.all_reduce_sum([grads[i] for i in decayed])
-        values = self.sensitivity(reduced, [variables[i] for i in decayed])
+        values = self.sensitivity(
+            reduced, [variables[i] for i in decayed], self.sensitivity_state
+        )
         return dict(zip(decayed, values))
 
     def wrapper_config(self):

@@ -48,8 +48,9 @@ def _loss(labels, y):
     )
 
 
-def neuron_sensitivities(estimator, model, x, labels=None):
-    """`estimator.from_model` on one tape; returns S per variable."""
+def neuron_sensitivities(estimator, model, x, labels=None, state=None):
+    """`estimator.from_model` on one tape (with the estimator's optimizer
+    `state`); returns S per variable."""
     probe = preactivation_model(model)
     variables = model.trainable_variables
     with tf.GradientTape(persistent=True) as tape:
@@ -66,6 +67,7 @@ def neuron_sensitivities(estimator, model, x, labels=None):
         [(la, z, weights[id(la)]) for la, z in zip(probe.layers, zs)],
         loss_grads,
         1,
+        state,
     )
     return [np.asarray(s) for s in estimator.from_model(model_pass)]
 
@@ -143,8 +145,14 @@ def test_loss_estimator_momentum_buffer():
     estimator.bind(model, model.trainable_variables)
     optimizer.build(model.trainable_variables)
     m1, m2 = _loss_gradients(model)
-    first = neuron_sensitivities(estimator, model, X, LABELS)
-    second = neuron_sensitivities(estimator, model, X, LABELS)
+    state = optimizer.sensitivity_state
+    # One buffer per neuron layer, optimizer state keyed by its kernel.
+    assert sorted(state) == sorted(
+        model.get_layer(name).kernel.path for name in ("d1", "d2")
+    )
+    first = neuron_sensitivities(estimator, model, X, LABELS, state)
+    second = neuron_sensitivities(estimator, model, X, LABELS, state)
+    assert {id(v) for v in state.values()} <= {id(v) for v in optimizer.variables}
     np.testing.assert_allclose(first[1], np.abs(m1), rtol=1e-5)
     np.testing.assert_allclose(first[3], np.abs(m2), rtol=1e-5)
     # buf <- 0.9 buf + m, the first step starting from 0 (buf = m).
