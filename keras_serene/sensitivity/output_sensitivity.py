@@ -14,8 +14,8 @@ Which `y`: the model's own output tensor, as it is: the logits when the model
 ends without a softmax (as the lab's models do), the probabilities when it
 ends with one. On a softmax the unspecific one-pass bound vanishes
 identically (`sum_k y_k = 1`): `bind` warns and names the fix (logits, or
-`exact=True`, or `mode="specific"`). A model must have a single output; it is flattened to
-`(batch, K)`.
+`exact=True`, or `mode="specific"`). A model must have a single output; it
+is flattened to `(batch, K)`.
 
 Batch: the paper defines S for one input. We estimate it on the minibatch
 with the **batch mean** of the outputs, `ybar_k = mean_b a_bk y_bk`, so S
@@ -175,7 +175,8 @@ class OutputSensitivity(Sensitivity):
 
         `model_pass` carries `variables`, `regularized` (bools), `outputs`,
         `labels`, `recording()`, `gradient(target, sources)` and
-        `replica_mean(tensors)` (see `keras_serene.sensitivity.sensitivity_model`).
+        `replica_mean(tensors)` (see
+        `keras_serene.sensitivity.sensitivity_model`).
         """
         targets = [
             v for v, r in zip(model_pass.variables, model_pass.regularized) if r

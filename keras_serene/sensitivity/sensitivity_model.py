@@ -10,8 +10,8 @@ hooks, `EIDOSLAB/SeReNe`, `src/utilities/train.py`, `optimizer_steps`).
 `SensitivityModel(model)` is the one way to run it with `fit`: a
 `keras.Model` that shares `model`'s layers and weights and whose
 `train_step` computes the training gradient, hands the estimator the outputs,
-the labels, the pre-activations (from `keras_serene.core.preactivations`) and the
-tape, and passes the result to the optimizer explicitly,
+the labels, the pre-activations (from `keras_serene.core.preactivations`),
+its optimizer state and the tape, and passes the result to the optimizer explicitly,
 
     optimizer.apply(grads, variables, sensitivities=S)
 

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 import keras_serene as ks
+from keras_serene.app.datasets import load_digits
 from keras_serene.core import masking as masks
 from keras_serene.core import neurons
-from keras_serene.app.datasets import load_digits
 from keras_serene.core.preactivations import linear_part
 from keras_serene.core.preactivations import preactivation_model
 from keras_serene.sensitivity.sensitivity_model import ModelPass
@@ -152,7 +152,8 @@ def test_loss_estimator_momentum_buffer():
     )
     first = neuron_sensitivities(estimator, model, X, LABELS, state)
     second = neuron_sensitivities(estimator, model, X, LABELS, state)
-    assert {id(v) for v in state.values()} <= {id(v) for v in optimizer.variables}
+    owned = {id(v) for v in optimizer.variables}
+    assert {id(v) for v in state.values()} <= owned
     np.testing.assert_allclose(first[1], np.abs(m1), rtol=1e-5)
     np.testing.assert_allclose(first[3], np.abs(m2), rtol=1e-5)
     # buf <- 0.9 buf + m, the first step starting from 0 (buf = m).

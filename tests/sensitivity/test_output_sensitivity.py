@@ -192,3 +192,57 @@ def test_specific_label_errors():
         sensitivities(estimator, hand_net(), X, None)
     with pytest.raises(ValueError, match="match neither"):
         sensitivities(estimator, hand_net(), X, np.zeros((2, 5), "float32"))
+
+
+def _softmax_model(sequential):
+    if sequential:
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(5, activation="relu"),
+                keras.layers.Dense(3, activation="softmax", name="probs"),
+            ]
+        )
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(5, activation="relu")(inputs)
+    logits = keras.layers.Dense(3)(h)
+    return keras.Model(inputs, keras.layers.Softmax(name="probs")(logits))
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+@pytest.mark.parametrize(
+    "estimator, vanishes",
+    [
+        (ks.sensitivity.OutputSensitivity(), True),
+        (ks.sensitivity.NeuronSensitivity("lower_bound"), True),
+        (ks.sensitivity.OutputSensitivity(exact=True), False),
+        (ks.sensitivity.OutputSensitivity(mode="specific"), False),
+        (ks.sensitivity.NeuronSensitivity("full"), False),
+    ],
+)
+def test_one_pass_bound_on_a_softmax_warns(estimator, vanishes, sequential):
+    from keras_serene import KerasSereneWarning
+
+    model = _softmax_model(sequential)
+    trainer = ks.SensitivityModel(model)
+    optimizer = ks.SensitivityOptimizer(
+        keras.optimizers.SGD(0.0), sensitivity=estimator, decay=0.5
+    )
+    compile_args = dict(optimizer=optimizer, loss="categorical_crossentropy")
+    if vanishes:
+        match = r"softmax \(layer 'probs'\)"
+        with pytest.warns(KerasSereneWarning, match=match):
+            trainer.compile(**compile_args)
+    else:
+        trainer.compile(**compile_args)  # filterwarnings=error: no warning
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    y = keras.ops.one_hot(np.arange(8) % 3, 3)
+    before = [w.copy() for w in model.get_weights()]
+    trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    # lr 0: only the decay moves weights, by 0.5 * relu(1 - S). A vanishing
+    # S decays the first kernel by exactly one half everywhere.
+    ratio = model.get_weights()[0] / before[0]
+    if vanishes:
+        np.testing.assert_allclose(ratio, 0.5, atol=1e-6)
+    else:
+        assert np.max(np.abs(ratio - 0.5)) > 1e-4
