@@ -7,12 +7,30 @@ parameters, sparsity and, for layers holding neurons (the table in
 weight. Totals report the compression ratio `|theta| / |theta != 0|`
 (LOBSTER, arXiv 2011.09905, Sec. 4) and the architecture before and after,
 e.g. `784-300-100-10 -> 784-61-32-10` (SeReNe, arXiv 2102.03773, Table I).
+
+Parameters are the learned weights. State that is not learned, BatchNorm's
+moving mean and variance above all, is left out of the counts (a moving
+variance is never zero and a fresh moving mean is all zeros, so counting
+them would fake sparsity); the dict reports it per layer as `statistics`.
+A variable is state when its layer is trainable and the variable is not, or
+when it is named like a normalization statistic (`moving_mean`,
+`moving_variance`, ...), which also covers frozen layers.
 """
 
 import keras
 import numpy as np
 
 from keras_serene.core import neurons as neurons_lib
+
+#: Variable names of normalization statistics (Keras BatchNormalization and
+#: its renorm variant): never parameters, even in a frozen layer.
+STATISTICS = (
+    "moving_mean",
+    "moving_variance",
+    "moving_stddev",
+    "renorm_mean",
+    "renorm_stddev",
+)
 
 
 def summary(model, print_fn=None):
@@ -33,7 +51,8 @@ def summary(model, print_fn=None):
 
     Returns:
         A dict with `layers` (one dict per layer with weights: `name`,
-        `class`, `params`, `nonzero`, `sparsity`, and `neurons`,
+        `class`, `params`, `nonzero`, `sparsity`, `statistics` (the
+        non-learned values left out, e.g. BN moving statistics), and `neurons`,
         `alive_neurons` for layers holding neurons), `total` (`params`,
         `nonzero`, `sparsity`, `compression`, `neurons`, `alive_neurons`)
         and `architecture` (widths before -> alive widths).
@@ -56,7 +75,8 @@ def summary(model, print_fn=None):
     for layer in neurons_lib.iter_layers(model):
         if not layer.weights:
             continue
-        values = [keras.ops.convert_to_numpy(w) for w in layer.weights]
+        learned = [w for w in layer.weights if not _is_state(layer, w)]
+        values = [keras.ops.convert_to_numpy(w) for w in learned]
         params = int(sum(v.size for v in values))
         nonzero = int(sum(np.count_nonzero(v) for v in values))
         row = {
@@ -65,6 +85,13 @@ def summary(model, print_fn=None):
             "params": params,
             "nonzero": nonzero,
             "sparsity": 1.0 - nonzero / params if params else 0.0,
+            "statistics": int(
+                sum(
+                    int(np.prod(w.shape))
+                    for w in layer.weights
+                    if _is_state(layer, w)
+                )
+            ),
         }
         alive = alive_by_layer.get(id(layer))
         if alive is not None:
@@ -122,6 +149,14 @@ def format_summary(result, title="model"):
         f"{result['architecture']}"
     )
     return "\n".join(lines)
+
+
+def _is_state(layer, variable):
+    """True for a variable that is state, not a learned parameter."""
+    name = variable.path.rsplit("/", 1)[-1]
+    if name in STATISTICS:
+        return True
+    return layer.trainable and not variable.trainable
 
 
 def _input_width(model):

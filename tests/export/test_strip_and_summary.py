@@ -132,6 +132,34 @@ def test_summary_counts_conv_channels():
     assert report["architecture"] == "72-4-3 -> 72-3-3"
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_summary_leaves_batch_norm_statistics_out(frozen):
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, name="fc"),
+        ]
+    )
+    conv = model.get_layer("conv")
+    kernel = conv.kernel.numpy()
+    kernel[..., 2] = 0.0
+    conv.kernel.assign(kernel)
+    model.get_layer("bn").trainable = not frozen
+    rows = {r["name"]: r for r in ks.summary(model, print_fn=False)["layers"]}
+    # bn: gamma 4 + beta 4 learned; moving mean (zeros) and variance: state.
+    assert rows["bn"]["params"] == 8 and rows["bn"]["statistics"] == 8
+    assert rows["bn"]["nonzero"] == 4  # beta starts at zero, gamma at one.
+    # conv: 3*3*2*4 + 4 = 76, zeros: channel 2 (18) and the bias (4).
+    assert rows["conv"]["params"] == 76 and rows["conv"]["nonzero"] == 54
+    assert rows["conv"]["statistics"] == 0
+    total = ks.summary(model, print_fn=False)["total"]
+    assert total["params"] == 76 + 8 + 15
+    assert total["nonzero"] == 54 + 4 + 12
+
+
 def test_summary_rejects_unbuilt_model():
     model = keras.Sequential([keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="not built"):
