@@ -1,73 +1,59 @@
-"""Masks: the one mechanism that keeps entries from moving.
+"""The masks' host-side API: set and read the PRUNED/FROZEN bits.
 
-Pruning (LOBSTER, arXiv 2011.09905, Sec. 3.3: "p *= mask" after every step,
-`EIDOSLAB/LOBSTER` `src/utilities/train.py`) and freezing (NEq, NeurIPS 2022,
-Sec. 3.2: "a neuron at equilibrium is not updated", `EIDOSLAB/NEq`
-`src/optim/sgd.py` zeroes the update after momentum and weight decay) are one
-operation: after the optimizer step, an entry whose mask is not zero takes its
-value from *before* the step,
+The masks are state of a `MaskingOptimizer`
+(`keras_serene.core.masking_optimizer`, which explains the rule: after each
+step, an entry whose mask is not zero gets its value from before the step
+back; LOBSTER, arXiv 2011.09905, Sec. 3.3; NEq, arXiv 2207.09455, Sec. 3.2).
+`ks.SensitivityOptimizer` and `ks.ImportanceOptimizer` are masking optimizers
+too. The functions below
+are what callbacks (`SensitivityPruning`, `EquilibriumFreezing`),
+`strip_masks` and `ks.summary` use; the optimizer applies the masks in the
+train step.
 
-    w <- where(mask == 0, w_after_step, w_before_step)
-
-so a pruned entry (set to 0 when it was pruned) stays exactly 0.0 and a frozen
-one keeps every bit, whatever momentum, Adam moments or weight decay did.
-
-One `uint8` per parameter, bit flags: `PRUNED = 1`, `FROZEN = 2`. Pruning and
-freezing set their own bit, so NEq unfreezing never revives a pruned entry.
-The mask variables are optimizer state of `SensitivityOptimizer` (built next
-to the inner optimizer's slots, keyed like them by variable), so `.keras`
-files and checkpoints keep them. The user's model stays a plain Keras model.
-
-The functions below are the host-side API (callbacks, `strip_masks`,
-`ks.summary`); the optimizer applies the masks in the train step.
+One `uint8` per parameter, bit flags: `PRUNED = 1`, `FROZEN = 2`.
 """
 
 import keras
 import numpy as np
-from keras import ops
 
-PRUNED = 1
-FROZEN = 2
-
-
-def keep_masked(new_value, old_value, mask):
-    """Graph-side: the new value where `mask == 0`, the old one elsewhere."""
-    return ops.where(ops.equal(mask, 0), new_value, old_value)
+from keras_serene.core.masking_optimizer import FROZEN  # noqa: F401
+from keras_serene.core.masking_optimizer import PRUNED
+from keras_serene.core.masking_optimizer import MaskingOptimizer  # noqa: F401
+from keras_serene.core.masking_optimizer import keep_masked  # noqa: F401
+from keras_serene.core.masking_optimizer import masking_layers
 
 
 def mask_optimizer(model_or_optimizer, caller="keras_serene"):
-    """Returns the `SensitivityOptimizer` holding the masks.
+    """Returns the `MaskingOptimizer` holding the masks.
 
-    Accepts a compiled model or an optimizer, and looks through a
-    `LossScaleOptimizer` (added by Keras under a `mixed_float16` policy).
+    Accepts a compiled model or an optimizer, and looks through any wrapper
+    with an `inner_optimizer` (a `LossScaleOptimizer`, added by Keras under
+    a `mixed_float16` policy). `ks.SensitivityOptimizer` and
+    `ks.ImportanceOptimizer` are masking optimizers.
 
     Raises:
-        ValueError: naming `caller`, when no `SensitivityOptimizer` is found.
+        ValueError: naming `caller`, when the chain holds no masks.
     """
-    from keras_serene.sensitivity.sensitivity_optimizer import SensitivityOptimizer
-
     optimizer = model_or_optimizer
     if isinstance(model_or_optimizer, keras.Model):
         optimizer = getattr(model_or_optimizer, "optimizer", None)
-    seen = optimizer
-    while optimizer is not None and not isinstance(
-        optimizer, SensitivityOptimizer
-    ):
-        optimizer = getattr(optimizer, "inner_optimizer", None)
-    if optimizer is None:
+    found = masking_layers(optimizer)
+    if not found:
         raise ValueError(
-            f"{caller} needs the model to be compiled with "
-            "`ks.SensitivityOptimizer(inner_optimizer, ...)`, which holds the "
-            f"pruning and freezing masks. Received optimizer: {seen!r}"
+            f"{caller}: the model's optimizer must hold the pruning and "
+            "freezing masks: compile with `ks.MaskingOptimizer(optimizer)` "
+            "(masks only) or `ks.SensitivityOptimizer(optimizer, ...)` "
+            "(masks and the sensitivity decay) around your optimizer. "
+            f"Received: optimizer={optimizer!r}"
         )
-    return optimizer
+    return found[0]
 
 
 def ensure_built(optimizer, model):
     """Builds the model's optimizer chain on `model.trainable_variables`.
 
     The outermost optimizer (a `LossScaleOptimizer` under `mixed_float16`)
-    is built first, so the `SensitivityOptimizer` inside it is built once,
+    is built first, so the `MaskingOptimizer` inside it is built once,
     by it: building the inner one alone would let the outer one build it
     again at the first step.
     """
@@ -100,7 +86,7 @@ def set_flag(optimizer, variable, flag, where, zero=False):
     """Sets `flag` on the entries `where` is True and clears it elsewhere.
 
     Args:
-        optimizer: the `SensitivityOptimizer` holding the masks (built).
+        optimizer: the `MaskingOptimizer` holding the masks (built).
         variable: a trainable variable the optimizer was built with.
         flag: `PRUNED` or `FROZEN`.
         where: boolean array broadcastable to the variable's shape.
@@ -109,13 +95,15 @@ def set_flag(optimizer, variable, flag, where, zero=False):
     """
     if flag not in (PRUNED, FROZEN):
         raise ValueError(
-            f"set_flag: flag must be PRUNED (1) or FROZEN (2). Received {flag}"
+            "set_flag: `flag` must be PRUNED (1) or FROZEN (2). Received: "
+            f"flag={flag!r}"
         )
     mask_variable = optimizer.mask_for(variable)
     if mask_variable is None:
         raise ValueError(
-            f"Variable {variable.path!r} has no mask: it is not among the "
-            "variables the SensitivityOptimizer was built with."
+            f"set_flag: variable {variable.path!r} has no mask: it is not "
+            f"among the variables the {type(optimizer).__name__} was built "
+            "with."
         )
     shape = tuple(variable.shape)
     where = np.broadcast_to(np.asarray(where, dtype=bool), shape)

@@ -1,6 +1,6 @@
 """`strip_masks`: a plain Keras model with the masks baked into its weights.
 
-The masks live in `ks.SensitivityOptimizer`'s state (`keras_serene.core.masking`).
+The masks live in a `ks.MaskingOptimizer` (`keras_serene.core.masking`).
 For deployment, or to hand the model to code that knows nothing of
 keras_serene, `strip_masks` returns a new model built by
 its config whose weights are the input's with every pruned
@@ -48,7 +48,7 @@ def strip_masks(model):
 
     Args:
         model: A functional or Sequential `keras.Model`, compiled with
-            `ks.SensitivityOptimizer` or not.
+            a masking optimizer (`ks.SensitivityOptimizer`...) or not.
 
     Returns:
         A new, uncompiled `keras.Model`.

@@ -50,11 +50,11 @@ import warnings
 import keras
 
 from keras_serene import KerasSereneWarning
+from keras_serene.core.masking_optimizer import MaskingOptimizer
 from keras_serene.rni.bounded_batch_normalization import BOUNDED_SCALE_TAG
 from keras_serene.rni.bounded_batch_normalization import (
     BoundedBatchNormalization,
 )
-from keras_serene.core.optimizer_wrapper import OptimizerWrapper
 from keras_serene.rni.receding_importance import RecedingImportance
 
 
@@ -70,7 +70,7 @@ def _innermost(optimizer):
 
 
 @keras.saving.register_keras_serializable(package="keras_serene")
-class ImportanceOptimizer(OptimizerWrapper):
+class ImportanceOptimizer(MaskingOptimizer):
     """Gives the bounded BN scales `multiplier` x the lr and no weight decay.
 
     Wraps `inner_optimizer`: the gradient of every
@@ -80,7 +80,9 @@ class ImportanceOptimizer(OptimizerWrapper):
     unchanged. With SGD (the paper's optimizer) this is exactly a learning
     rate of `multiplier * lr` on the scales. The wrapper owns no learning
     rate: `learning_rate` and `iterations` are the inner optimizer's, so
-    schedules and `ReduceLROnPlateau` work.
+    schedules and `ReduceLROnPlateau` work. It is a masking optimizer
+    (`ks.MaskingOptimizer`), so `ks.callbacks.EquilibriumFreezing` and the
+    pruning callbacks find their masks in it.
 
     Example:
 
@@ -162,6 +164,8 @@ class ImportanceOptimizer(OptimizerWrapper):
             )
 
     def build(self, var_list):
+        if self.built:  # Once only: a wrapper around us may build us again.
+            return
         var_list = list(var_list)
         scales = [v for v in var_list if is_bounded_scale(v)]
         if not scales:
@@ -174,29 +178,24 @@ class ImportanceOptimizer(OptimizerWrapper):
         self.inner_optimizer.exclude_from_weight_decay(
             var_list=scales, var_names=self.weight_decay_exclude_names
         )
-        self.inner_optimizer.build(var_list)
         # Plain bools: storing the variables themselves on an optimizer
         # would make its tracker adopt them as optimizer variables.
         self._scale_flags = tuple(is_bounded_scale(v) for v in var_list)
-        super().build(var_list)
+        super().build(var_list)  # the inner optimizer, then the masks
 
     def apply(self, grads, trainable_variables=None):
-        if not self.built:
-            if trainable_variables is None:
-                raise ValueError(
-                    "ImportanceOptimizer.apply needs `trainable_variables` "
-                    "before it is built (or call `build(variables)` first)."
-                )
-            self.build(trainable_variables)
-        if trainable_variables is None:
-            flags = self._scale_flags
-        else:
-            flags = [is_bounded_scale(v) for v in trainable_variables]
+        if not self.built and trainable_variables is None:
+            raise ValueError(
+                "ImportanceOptimizer.apply needs `trainable_variables` "
+                "before it is built (or call `build(variables)` first)."
+            )
+        grads, variables, indices = self._prepare(grads, trainable_variables)
+        flags = [self._scale_flags[index] for index in indices]
         grads = [
             grad * self.multiplier if grad is not None and flag else grad
             for grad, flag in zip(grads, flags, strict=True)
         ]
-        self.inner_optimizer.apply(grads, trainable_variables)
+        self._masked_step(grads, variables, indices)
 
     def wrapper_config(self):
         return {

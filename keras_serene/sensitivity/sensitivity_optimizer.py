@@ -7,11 +7,13 @@ proportion to its insensitivity,
 
 (NeurIPS 2018, arXiv 1810.11764, Eq. 9; LOBSTER, arXiv 2011.09905, Eq. 11;
 SeReNe, arXiv 2102.03773, Eq. 9), then the masks put pruned entries back to
-exactly 0.0 and frozen ones to their value from before the step
-(`keras_serene.core.masking`). As in the authors' code (`EIDOSLAB/LOBSTER`,
-`src/utilities/train.py`: `p -= lmbda * p * relu(1 - |g|)` after
-`optimizer.step()`), the decay is **not** multiplied by the learning rate, and
-S is computed from the minibatch-mean gradient from before the step.
+exactly 0.0 and frozen ones to their value from before the step: the class
+builds on the masking layer, `MaskingOptimizer`
+(`keras_serene.core.masking_optimizer`), which holds the masks. As in the
+authors' code (`EIDOSLAB/LOBSTER`, `src/utilities/train.py`:
+`p -= lmbda * p * relu(1 - |g|)` after `optimizer.step()`), the decay is
+**not** multiplied by the learning rate, and S is computed from the
+minibatch-mean gradient from before the step.
 
 The wrapper follows Keras's `LossScaleOptimizer` (`OptimizerWrapper`): it owns
 no learning rate, delegates `learning_rate` and `iterations` to the inner
@@ -20,15 +22,15 @@ optimizer in its config. Any Keras optimizer can be the inner one: there is
 no `LobsterSGD`.
 """
 
+import math
 import re
 
 import keras
 from keras import ops
 
-from keras_serene.core import distribute as _distribute
-from keras_serene.core import masking as masks_lib
 from keras_serene import sensitivity as sensitivity_lib
-from keras_serene.core.optimizer_wrapper import OptimizerWrapper
+from keras_serene.core import distribute as _distribute
+from keras_serene.core.masking_optimizer import MaskingOptimizer
 
 #: Weight names regularized by default: Dense/Conv kernels and biases and
 #: BatchNormalization scale and shift, as the authors' code regularizes
@@ -55,42 +57,8 @@ def is_regularized(variable, exclude=()):
     return not any(re.search(pattern, variable.path) for pattern in exclude)
 
 
-def _decay_and_mask(values, old_values, sensitivities, masks, decay):
-    """`w - decay * w * relu(1 - S)` where S is given, then the masks."""
-    new_values = []
-    for value, old, s, mask in zip(values, old_values, sensitivities, masks):
-        if s is not None:
-            value = value - decay * value * ops.relu(1.0 - s)
-        new_values.append(masks_lib.keep_masked(value, old, mask))
-    return new_values
-
-
-def _fused_update(values, old_values, sensitivities, masks, decay):
-    """Runs `_decay_and_mask` as one fused XLA computation on TensorFlow.
-
-    Dozens of small elementwise ops per step cost more in dispatch than in
-    arithmetic on a CPU; one compiled function keeps the wrapper's overhead
-    near the inner step's. Other backends run the same maths directly.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return _decay_and_mask(values, old_values, sensitivities, masks, decay)
-    import tensorflow as tf
-
-    global _FUSED
-    if _FUSED is None:
-        _FUSED = tf.function(
-            _decay_and_mask, jit_compile=True, reduce_retracing=True
-        )
-    return _FUSED(
-        values, old_values, sensitivities, [ops.copy(m) for m in masks], decay
-    )
-
-
-_FUSED = None
-
-
 @keras.saving.register_keras_serializable(package="keras_serene")
-class SensitivityOptimizer(OptimizerWrapper):
+class SensitivityOptimizer(MaskingOptimizer):
     """Wraps an optimizer and decays parameters by their insensitivity.
 
     After the inner optimizer's step, each regularized variable `w` (Dense
@@ -124,6 +92,9 @@ class SensitivityOptimizer(OptimizerWrapper):
             `1e-4`.
         exclude: List of regex strings. Variables whose path matches one are
             not regularized (they are still masked). Defaults to `None`.
+        mask_gradients: Bool. Also zero the gradients of masked entries
+            before the inner step (their momentum decays), as
+            `ks.MaskingOptimizer`. Defaults to `False`.
         name: String. Defaults to `None`.
 
     References:
@@ -138,18 +109,19 @@ class SensitivityOptimizer(OptimizerWrapper):
         sensitivity="loss",
         decay=1e-4,
         exclude=None,
+        mask_gradients=False,
         name=None,
         **kwargs,
     ):
         if isinstance(decay, bool) or not isinstance(decay, (int, float)):
             raise TypeError(
-                "SensitivityOptimizer: `decay` must be a float. Received "
-                f"decay={decay!r}"
+                "SensitivityOptimizer: `decay` must be a finite float >= 0. "
+                f"Received: decay={decay!r}"
             )
-        if decay < 0:
+        if not math.isfinite(decay) or decay < 0:
             raise ValueError(
-                "SensitivityOptimizer: `decay` must be >= 0. Received "
-                f"decay={decay}"
+                "SensitivityOptimizer: `decay` must be a finite float >= 0. "
+                f"Received: decay={decay}"
             )
         if exclude is None:
             exclude = []
@@ -160,11 +132,10 @@ class SensitivityOptimizer(OptimizerWrapper):
                 "SensitivityOptimizer: `exclude` must be a list of regex "
                 f"strings. Received exclude={exclude!r}"
             )
-        super().__init__(inner_optimizer, name=name, **kwargs)
+        super().__init__(
+            inner_optimizer, mask_gradients=mask_gradients, name=name, **kwargs
+        )
         self.sensitivity = sensitivity_lib.get(sensitivity)
-        #: The estimator's optimizer state: what `sensitivity.build`
-        #: returned (a dict of variables), handed back at every step.
-        self.sensitivity_state = {}
         self.decay = float(decay)
         self.exclude = list(exclude)
 
@@ -172,23 +143,12 @@ class SensitivityOptimizer(OptimizerWrapper):
         """Builds the inner optimizer, the masks and the estimator's state."""
         if self.built:  # Once only: a wrapper around us may build us again.
             return
-        if not self.inner_optimizer.built:
-            self.inner_optimizer.build(var_list)
-        self.masks = [
-            self.add_variable(
-                shape=variable.shape,
-                dtype="uint8",
-                initializer="zeros",
-                aggregation="none",
-                name=f"{variable.path.replace('/', '_')}_mask",
-            )
-            for variable in var_list
-        ]
+        var_list = list(var_list)
+        super().build(var_list)  # the inner optimizer, then the masks
         self._regularized = [
             is_regularized(variable, self.exclude) for variable in var_list
         ]
-        super().build(var_list)
-        self.sensitivity_state = self.sensitivity.build(
+        self.sensitivity.build(
             self, [v for v, r in zip(var_list, self._regularized) if r]
         )
 
@@ -198,15 +158,6 @@ class SensitivityOptimizer(OptimizerWrapper):
         return [
             v for v, r in zip(self._trainable_variables, self._regularized) if r
         ]
-
-    def mask_for(self, variable):
-        """The uint8 mask variable of `variable`, or None."""
-        if not self.built:
-            return None
-        try:
-            return self.masks[self._get_variable_index(variable)]
-        except KeyError:
-            return None
 
     def apply(self, grads, trainable_variables=None, sensitivities=None):
         """Inner step, then `w -= decay * w * relu(1 - S)`, then masks.
@@ -220,46 +171,20 @@ class SensitivityOptimizer(OptimizerWrapper):
                 (`ks.SensitivityModel` passes them). When omitted, the
                 estimator computes S from `grads`.
         """
-        grads = list(grads)
-        if trainable_variables is None:
-            if not self.built:
-                raise ValueError(
-                    "SensitivityOptimizer.apply: pass `trainable_variables` "
-                    "or build the optimizer first."
-                )
-            trainable_variables = self._trainable_variables
-        trainable_variables = list(trainable_variables)
-        if not self.built:
-            self.build(trainable_variables)
-        if len(grads) != len(trainable_variables):
-            raise ValueError(
-                f"SensitivityOptimizer.apply: got {len(grads)} gradients for "
-                f"{len(trainable_variables)} variables."
-            )
-        indices = [self._get_variable_index(v) for v in trainable_variables]
-        old_values = [ops.copy(v) for v in trainable_variables]
+        grads, variables, indices = self._prepare(grads, trainable_variables)
         decayed = [
             i
             for i, index in enumerate(indices)
             if self._regularized[index] and grads[i] is not None
         ]
-        s_values = self._sensitivities(
-            grads, trainable_variables, decayed, sensitivities
-        )
-        self.inner_optimizer.apply(grads, trainable_variables)
-
-        decay = [
-            ops.cast(s_values[i], variable.dtype) if i in s_values else None
-            for i, variable in enumerate(trainable_variables)
+        s_values = self._sensitivities(grads, variables, decayed, sensitivities)
+        factors = [
+            ops.relu(1.0 - ops.cast(s_values[i], variable.dtype))
+            if i in s_values
+            else None
+            for i, variable in enumerate(variables)
         ]
-        new_values = _fused_update(
-            [ops.copy(v) for v in trainable_variables],
-            old_values,
-            decay,
-            [self.masks[index] for index in indices],
-            self.decay,
-        )
-        _distribute.assign_all(trainable_variables, new_values)
+        self._masked_step(grads, variables, indices, factors, self.decay)
 
     def _sensitivities(self, grads, variables, decayed, sensitivities):
         if self.decay == 0.0 or not decayed:
@@ -285,9 +210,7 @@ class SensitivityOptimizer(OptimizerWrapper):
                 "`model`), or use sensitivity='loss'."
             )
         reduced = _distribute.all_reduce_sum([grads[i] for i in decayed])
-        values = self.sensitivity(
-            reduced, [variables[i] for i in decayed], self.sensitivity_state
-        )
+        values = self.sensitivity(reduced, [variables[i] for i in decayed])
         return dict(zip(decayed, values))
 
     def wrapper_config(self):
@@ -295,6 +218,7 @@ class SensitivityOptimizer(OptimizerWrapper):
             "sensitivity": sensitivity_lib.serialize(self.sensitivity),
             "decay": self.decay,
             "exclude": list(self.exclude),
+            "mask_gradients": self.mask_gradients,
         }
 
     @classmethod
