@@ -24,6 +24,8 @@ References:
 import keras
 from keras import ops
 
+from keras_serene.core import checks
+
 # Attribute set on the `gamma` variable of every bounded layer, so that
 # `keras_serene.rni.importance_optimizer.ImportanceOptimizer` finds the bounded
 # scales among the variables it receives without knowing the layers.
@@ -94,22 +96,26 @@ class BoundedBatchNormalization(keras.layers.BatchNormalization):
         gamma_regularizer=None,
         **kwargs,
     ):
+        owner = "BoundedBatchNormalization"
         if kwargs.get("scale", True) is not True:
-            raise ValueError(
-                "BoundedBatchNormalization needs its scale: `scale` must be "
-                f"True. Received: scale={kwargs['scale']!r}."
-            )
+            checks.fail(owner, "scale", "be True", kwargs["scale"])
         if kwargs.get("renorm", False):
-            raise ValueError(
-                "BoundedBatchNormalization does not support batch "
-                f"renormalization. Received: renorm={kwargs['renorm']!r}; "
-                "allowed: False."
+            checks.fail(
+                owner, "renorm", "be False (not supported)", kwargs["renorm"]
             )
-        if not isinstance(center, bool):
-            raise TypeError(
-                "BoundedBatchNormalization expects a bool for `center`. "
-                f"Received: center={center!r}."
-            )
+        checks.check_int(owner, "axis", axis)
+        checks.check_bool(owner, "center", center)
+        momentum = checks.check_number(
+            owner,
+            "momentum",
+            momentum,
+            minimum=0.0,
+            maximum=1.0,
+            max_inclusive=False,
+        )
+        epsilon = checks.check_number(
+            owner, "epsilon", epsilon, minimum=0.0, min_inclusive=False
+        )
         if gamma_initializer is None:
             gamma_initializer = keras.initializers.RandomNormal(
                 mean=0.0, stddev=1.0
@@ -123,16 +129,6 @@ class BoundedBatchNormalization(keras.layers.BatchNormalization):
             gamma_regularizer=gamma_regularizer,
             **kwargs,
         )
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(
-                "BoundedBatchNormalization expects 0 <= momentum < 1. "
-                f"Received: momentum={momentum!r}."
-            )
-        if not self.epsilon > 0.0:
-            raise ValueError(
-                "BoundedBatchNormalization expects epsilon > 0. "
-                f"Received: epsilon={epsilon!r}."
-            )
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -149,7 +145,7 @@ class BoundedBatchNormalization(keras.layers.BatchNormalization):
         return ops.sigmoid(ops.convert_to_tensor(self.gamma))
 
     def _statistics(self, inputs, mask):
-        axes = self._reduction_axes
+        axes = reduction_axes(len(inputs.shape), self.axis)
         if mask is None:
             return ops.moments(
                 inputs, axes=axes, synchronized=self.synchronized
@@ -196,6 +192,16 @@ class BoundedBatchNormalization(keras.layers.BatchNormalization):
             epsilon=self.epsilon,
         )
         return ops.cast(outputs, self.compute_dtype)
+
+
+def reduction_axes(ndim, axis):
+    """The axes the batch statistics reduce over: all but the channel axis.
+
+    Computed here rather than read from `BatchNormalization._reduction_axes`
+    (a private attribute of Keras) so a Keras refactor cannot break it.
+    """
+    channel = axis if axis >= 0 else ndim + axis
+    return [i for i in range(ndim) if i != channel]
 
 
 def _plain_config(entry):

@@ -44,7 +44,6 @@ References:
 """
 
 import math
-import numbers
 import warnings
 
 import keras
@@ -52,6 +51,7 @@ import numpy as np
 
 from keras_serene import KerasSereneWarning
 from keras_serene import slimming
+from keras_serene.core import checks
 from keras_serene.rni.bounded_batch_normalization import (
     to_plain_batch_normalization,
 )
@@ -61,41 +61,28 @@ _COUPLED = ("agree", "skip")
 
 def _check_arguments(model, ratio, min_channels, coupled, reset_beta):
     name = "prune_by_importance"
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"{name} expects a keras.Model. Received: model={model!r} of "
-            f"type {type(model).__name__}."
-        )
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-        raise TypeError(
-            f"{name} expects a number for `ratio`. Received: ratio={ratio!r}."
-        )
-    if not (math.isfinite(ratio) and 0.0 <= ratio < 1.0):
-        raise ValueError(
-            f"{name} expects 0 <= ratio < 1 (the fraction of channels to "
-            f"remove). Received: ratio={ratio!r}."
-        )
-    if isinstance(min_channels, bool) or not isinstance(
-        min_channels, numbers.Integral
-    ):
-        raise TypeError(
-            f"{name} expects an int for `min_channels`. Received: "
-            f"min_channels={min_channels!r}."
-        )
-    if min_channels < 1:
-        raise ValueError(
-            f"{name} expects min_channels >= 1. Received: "
-            f"min_channels={min_channels!r}."
-        )
-    if coupled not in _COUPLED:
-        raise ValueError(
-            f"{name} expects `coupled` in {_COUPLED}. Received: "
-            f"coupled={coupled!r}."
-        )
-    if not isinstance(reset_beta, bool):
-        raise TypeError(
-            f"{name} expects a bool for `reset_beta`. Received: "
-            f"reset_beta={reset_beta!r}."
+    checks.check_type(name, "model", model, keras.Model, "be a keras.Model")
+    checks.check_number(
+        name, "ratio", ratio, minimum=0.0, maximum=1.0, max_inclusive=False
+    )
+    checks.check_int(name, "min_channels", min_channels, minimum=1)
+    checks.check_choice(name, "coupled", coupled, _COUPLED)
+    checks.check_bool(name, "reset_beta", reset_beta)
+
+
+def _check_something_pruned(candidates, ratio, min_channels, selection):
+    """`min_channels` at or above every group's size would prune nothing."""
+    if ratio == 0 or any(selection):
+        return
+    sizes = sorted({len(imp) for _, _, imp in candidates})
+    if int(math.floor(ratio * sum(len(imp) for _, _, imp in candidates))):
+        checks.fail(
+            "prune_by_importance",
+            "min_channels",
+            "be smaller than the channel groups it applies to, or nothing "
+            f"is pruned: the prunable groups have {sizes} channels, so "
+            f"min_channels <= {max(sizes) - 1} prunes",
+            min_channels,
         )
 
 
@@ -205,6 +192,7 @@ def mask_by_importance(
         )
     pruned = {}
     selection = _select(candidates, ratio, min_channels)
+    _check_something_pruned(candidates, ratio, min_channels, selection)
     for (_, members, _), channels in zip(candidates, selection, strict=True):
         if not channels:
             continue

@@ -20,31 +20,10 @@ References:
     (`rni_loss`: `s = (w + b).sigmoid(); (s * (1 - s.log())).sum()`).
 """
 
-import math
-import numbers
-
 import keras
 from keras import ops
 
-
-def _check_number(name, value, minimum=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"RecedingImportance expects a number for `{name}`. "
-            f"Received: {name}={value!r} of type {type(value).__name__}."
-        )
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(
-            f"RecedingImportance expects a finite `{name}`. "
-            f"Received: {name}={value!r}."
-        )
-    if minimum is not None and value < minimum:
-        raise ValueError(
-            f"RecedingImportance expects {name} >= {minimum}. "
-            f"Received: {name}={value!r}."
-        )
-    return value
+from keras_serene.core import checks
 
 
 @keras.saving.register_keras_serializable(package="keras_serene")
@@ -80,8 +59,11 @@ class RecedingImportance(keras.regularizers.Regularizer):
     """
 
     def __init__(self, strength=1e-3, shift=3.0):
-        self.strength = _check_number("strength", strength, minimum=0.0)
-        self.shift = _check_number("shift", shift)
+        owner = "RecedingImportance"
+        self.strength = checks.check_number(
+            owner, "strength", strength, minimum=0.0
+        )
+        self.shift = checks.check_number(owner, "shift", shift)
 
     def __call__(self, x):
         x = ops.convert_to_tensor(x)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_serene as ks
+from keras_serene.rni import bounded_batch_normalization
 from keras_serene.rni.bounded_batch_normalization import BOUNDED_SCALE_TAG
 
 # Two samples, two channels: mean [2, 4], variance [1, 4].
@@ -233,11 +234,44 @@ def test_mixed_float16_policy():
         ({"center": "yes"}, TypeError),
         ({"momentum": 1.5}, ValueError),
         ({"epsilon": 0.0}, ValueError),
+        ({"epsilon": float("inf")}, ValueError),
+        ({"momentum": float("nan")}, ValueError),
+        ({"axis": [1, 2]}, TypeError),
     ],
 )
 def test_bad_arguments(kwargs, error):
-    with pytest.raises(error, match="BoundedBatchNormalization"):
+    ((arg, value),) = kwargs.items()
+    with pytest.raises(
+        error, match=rf"BoundedBatchNormalization: `{arg}` must .*Received: "
+    ):
         ks.layers.BoundedBatchNormalization(**kwargs)
+
+
+def test_reduction_axes_by_hand():
+    reduction_axes = bounded_batch_normalization.reduction_axes
+    assert reduction_axes(4, -1) == [0, 1, 2]
+    assert reduction_axes(4, 1) == [0, 2, 3]
+    assert reduction_axes(2, -1) == [0]
+    assert reduction_axes(3, 2) == [0, 1]
+
+
+def test_channels_first_statistics_match_keras():
+    # axis=1 (channels first): the statistics reduce over batch, h and w.
+    x = np.random.default_rng(0).normal(2.0, 3.0, (5, 3, 4, 4))
+    x = x.astype("float32")
+    bounded = ks.layers.BoundedBatchNormalization(
+        axis=1, momentum=0.0, gamma_initializer="zeros"
+    )
+    plain = keras.layers.BatchNormalization(axis=1, momentum=0.0, scale=False)
+    y_bounded = bounded(x, training=True)
+    y_plain = plain(x, training=True)
+    # sigmoid(0) = 0.5 scales the plain BN's output.
+    np.testing.assert_allclose(
+        np.asarray(y_bounded), 0.5 * np.asarray(y_plain), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        bounded.moving_mean.numpy(), x.mean(axis=(0, 2, 3)), rtol=1e-5
+    )
 
 
 def test_to_plain_batch_normalization_same_outputs_new_model():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import keras_serene as ks
-from keras_serene.rni.importance_pruning import mask_by_importance
 from keras_serene.rni.importance_optimizer import importance_vgg
+from keras_serene.rni.importance_pruning import mask_by_importance
 
 
 def _vgg(method, widths=(4, "M", 4, 4), seed=0):
@@ -238,6 +238,24 @@ def test_slimmed_model_keras_round_trip(tmp_path):
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=f"prune_by_importance.*{match}"):
         ks.prune_by_importance(_vgg("rni", widths=(4,)), **kwargs)
+
+
+def test_min_channels_above_every_group_is_an_error():
+    # Three groups of 4 channels: min_channels=4 keeps them all.
+    with pytest.raises(
+        ValueError,
+        match=r"prune_by_importance: `min_channels` must be smaller .*"
+        r"groups have \[4\] channels, so min_channels <= 3 prunes\. "
+        r"Received: min_channels=4",
+    ):
+        ks.prune_by_importance(_plain_vgg(), 0.5, min_channels=4)
+    # ratio=0 asks for nothing: no error, nothing pruned.
+    _, pruned = mask_by_importance(_plain_vgg(), 0.0, min_channels=100)
+    assert pruned == {}
+    # min_channels=3 leaves one channel per group to prune: bn1 0.05,
+    # bn2 -0.01, bn3 0.02 (the smallest |gamma| of each group).
+    _, pruned = mask_by_importance(_plain_vgg(), 0.5, min_channels=3)
+    assert pruned == {"bn1": [3], "bn2": [2], "bn3": [3]}
 
 
 def test_model_without_batch_normalization():
