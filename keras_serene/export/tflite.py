@@ -5,8 +5,11 @@ the TFLite builtin ops (the pip `ai_edge_litert` runtime has no Flex ops, so a
 model that needs them fails here, loudly, instead of on the device), then
 runs the flatbuffer in `ai_edge_litert` on sample inputs and compares it with
 Keras (`training=False`) within a tolerance that depends on the quantization.
-`tflite_latency` measures the median single-thread invoke time;
-`tflite_ops` lists the operators of a flatbuffer.
+`tflite_ops` lists the operators of a flatbuffer (read from the flatbuffer
+schema, no private interpreter API); latency lives in
+`keras_serene.export.latency` (`tflite_latency`, `latency_ratios`).
+Arguments are checked before converting: `representative_data` must hold
+one array per model input, each a batch shaped like that input.
 
 Modes: `None` (float32), `"dynamic"` (int8 weights, float activations),
 `"float16"` (float16 weights), `"int8"` (full integer with
@@ -21,12 +24,12 @@ References:
 """
 
 import os
-import statistics
 import tempfile
-import time
 
 import keras
 import numpy as np
+
+from keras_serene.core import checks
 
 QUANTIZATIONS = (None, "dynamic", "float16", "int8")
 
@@ -48,6 +51,12 @@ def _interpreter(blob, num_threads=1):
 def tflite_ops(blob):
     """Sorted list of the operator names in a LiteRT flatbuffer.
 
+    Read from the flatbuffer itself with LiteRT's generated schema
+    (`ai_edge_litert.schema_py_generated`, the `.tflite` format), not from
+    the interpreter's private `_get_ops_details`: builtin operators by their
+    `BuiltinOperator` name (`"CONV_2D"`), custom ones by their custom code
+    (Flex ops read `"FlexAddV2"`, ...).
+
     Example:
 
     >>> "CONV_2D" in tflite_ops(ks.to_tflite(model))
@@ -55,8 +64,38 @@ def tflite_ops(blob):
     Args:
         blob: Bytes. A `.tflite` flatbuffer.
     """
-    interpreter = _interpreter(blob)
-    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+    from ai_edge_litert import schema_py_generated as schema
+
+    checks.check_type("tflite_ops", "blob", blob, (bytes, bytearray))
+    try:
+        model = schema.Model.GetRootAs(bytes(blob), 0)
+        names = {
+            code: name
+            for name, code in vars(schema.BuiltinOperator).items()
+            if not name.startswith("_")
+        }
+        opcodes = []
+        for i in range(model.OperatorCodesLength()):
+            opcode = model.OperatorCodes(i)
+            # The schema keeps codes < 127 in the deprecated int8 field.
+            code = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
+            if code == schema.BuiltinOperator.CUSTOM:
+                opcodes.append(opcode.CustomCode().decode("utf-8"))
+            else:
+                opcodes.append(names.get(code, f"BUILTIN_{code}"))
+        used = set()
+        for g in range(model.SubgraphsLength()):
+            subgraph = model.Subgraphs(g)
+            for j in range(subgraph.OperatorsLength()):
+                used.add(opcodes[subgraph.Operators(j).OpcodeIndex()])
+    except Exception as error:  # flatbuffers raises several types
+        checks.fail(
+            "tflite_ops",
+            "blob",
+            f"be a .tflite flatbuffer (reading it failed: {error})",
+            blob,
+        )
+    return sorted(used)
 
 
 def _sample_inputs(model, representative_data, count, seed):
@@ -147,6 +186,18 @@ def _convert(model, quantization, representative_data, sparse):
                     "which the ai_edge_litert runtime does not have. Replace "
                     f"the layers that use them. Converter said: {message}"
                 ) from error
+            if quantization == "int8":
+                # Calibration runs the user's generator inside the converter,
+                # whose errors print the arrays; keep the message short.
+                shapes = _input_shapes(model)
+                short = message if len(message) < 300 else message[:297] + "..."
+                raise ValueError(
+                    "to_tflite: int8 calibration on `representative_data` "
+                    "failed. A generator function must yield lists of one "
+                    "float32 array per model input, each a batch of one "
+                    f"sample with the input's shape {shapes}. "
+                    f"Converter said: {short}"
+                ) from None
             raise
 
 
@@ -193,29 +244,36 @@ def to_tflite(
     Returns:
         The flatbuffer as bytes.
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "to_tflite: `model` must be a keras.Model. Received "
-            f"{type(model).__name__}."
+    owner = "to_tflite"
+    checks.check_type(owner, "model", model, keras.Model, "be a keras.Model")
+    if not model.built:
+        checks.fail(owner, "model", "be built (call it on data first)", model)
+    if path is not None:
+        checks.check_type(
+            owner, "path", path, (str, os.PathLike), "be a file path or None"
         )
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"to_tflite: quantization={quantization!r} is not supported. "
-            f"Expected one of {QUANTIZATIONS}."
-        )
+    checks.check_choice(owner, "quantization", quantization, QUANTIZATIONS)
     if quantization == "int8" and representative_data is None:
-        raise ValueError(
-            "to_tflite: quantization='int8' needs `representative_data` "
-            "(a few hundred typical inputs) to calibrate the activation "
-            "ranges. Received representative_data=None."
+        checks.fail(
+            owner,
+            "representative_data",
+            "hold a few hundred typical inputs when quantization='int8' "
+            "(they calibrate the activation ranges)",
+            None,
         )
+    _check_representative_data(model, representative_data)
+    checks.check_bool(owner, "sparse", sparse)
+    tolerance = checks.check_number(
+        owner,
+        "tolerance",
+        tolerance,
+        minimum=0.0,
+        min_inclusive=False,
+        allow_none=True,
+    )
     if tolerance is None:
         tolerance = DEFAULT_TOLERANCE[quantization]
-    if not isinstance(verify_samples, int) or verify_samples < 0:
-        raise ValueError(
-            "to_tflite: verify_samples must be an int >= 0. Received "
-            f"verify_samples={verify_samples!r}."
-        )
+    checks.check_int(owner, "verify_samples", verify_samples, minimum=0)
     blob = _convert(model, quantization, representative_data, sparse)
     flex = [op for op in tflite_ops(blob) if op.upper().startswith("FLEX")]
     if flex:
@@ -231,6 +289,51 @@ def to_tflite(
         with open(path, "wb") as f:
             f.write(blob)
     return blob
+
+
+def _input_shapes(model):
+    try:
+        return [tuple(t.shape) for t in model.inputs]
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _check_representative_data(model, data):
+    """Arrays of samples shaped like the model's inputs (before converting).
+
+    A generator function is checked while the converter calibrates on it.
+    """
+    if data is None or callable(data):
+        return
+    owner = "to_tflite"
+    shapes = _input_shapes(model)
+    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
+    if shapes is not None and len(arrays) != len(shapes):
+        checks.fail(
+            owner,
+            "representative_data",
+            f"hold one array per model input ({len(shapes)}), or be a "
+            "generator function",
+            data,
+        )
+    for i, array in enumerate(arrays):
+        arg = "representative_data" + (f"[{i}]" if len(arrays) > 1 else "")
+        try:
+            values = np.asarray(array, dtype="float32")
+        except (TypeError, ValueError):
+            checks.fail(owner, arg, "be an array of numbers", array)
+        if values.ndim == 0 or len(values) == 0:
+            checks.fail(owner, arg, "hold at least one sample", array)
+        if shapes is not None:
+            checks.check_sample_shape(owner, arg, values, shapes[i][1:])
+        if not np.all(np.isfinite(values)):
+            checks.fail(owner, arg, "hold finite values (no nan or inf)", array)
+    checks.check_same_length(
+        owner,
+        "representative_data",
+        arrays,
+        names=[f"input {i}" for i in range(len(arrays))],
+    )
 
 
 def _verify(model, blob, representative_data, count, tolerance):
@@ -255,42 +358,6 @@ def _verify(model, blob, representative_data, count, tolerance):
             )
 
 
-def tflite_latency(blob, num_threads=1, runs=50, warmup=5, inputs=None):
-    """Median LiteRT invoke time (seconds) of a flatbuffer, batch of one.
-
-    Example:
-
-    >>> seconds = tflite_latency(ks.to_tflite(model), num_threads=1)
-
-    Args:
-        blob: Bytes. A `.tflite` flatbuffer.
-        num_threads: Int. LiteRT CPU threads. Defaults to `1`.
-        runs: Int. Timed invocations (the median is returned). Defaults to
-            `50`.
-        warmup: Int. Untimed invocations first. Defaults to `5`.
-        inputs: list of arrays or `None`. One batch-of-one array per input.
-            Defaults to `None` (seeded normal noise).
-    """
-    if not isinstance(runs, int) or runs < 1:
-        raise ValueError(
-            f"tflite_latency: runs must be an int >= 1. Received runs={runs!r}."
-        )
-    interpreter = _interpreter(blob, num_threads)
-    interpreter.allocate_tensors()
-    rng = np.random.default_rng(0)
-    for i, detail in enumerate(interpreter.get_input_details()):
-        shape = tuple(int(d) for d in detail["shape"])
-        value = (
-            inputs[i]
-            if inputs is not None
-            else rng.normal(size=shape).astype("float32")
-        )
-        interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
-    for _ in range(warmup):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+# `tflite_latency` moved to `keras_serene.export.latency`; the old import
+# path keeps working.
+from keras_serene.export.latency import tflite_latency  # noqa: E402, F401

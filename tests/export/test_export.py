@@ -13,6 +13,7 @@ import keras_serene as ks  # noqa: E402
 from keras_serene.export import run_tflite  # noqa: E402
 from keras_serene.export import tflite_latency  # noqa: E402
 from keras_serene.export import tflite_ops  # noqa: E402
+from keras_serene.export.latency import summarize_latencies  # noqa: E402
 
 
 def _cnn(hidden=0):
@@ -120,3 +121,104 @@ def test_latency_returns_a_positive_float():
     blob = ks.to_tflite(_cnn(), verify_samples=0)
     value = tflite_latency(blob, num_threads=1, runs=3, warmup=1)
     assert isinstance(value, float) and value > 0.0
+
+
+def test_int8_with_wrongly_shaped_data_names_the_shape_not_the_array():
+    model = _cnn()
+    flat = _data(16).reshape(16, 64)
+    with pytest.raises(ValueError) as info:
+        ks.to_tflite(model, quantization="int8", representative_data=flat)
+    message = str(info.value)
+    assert message.startswith(
+        "to_tflite: `representative_data` must have shape (batch, 8, 8, 1)"
+    )
+    assert "Received: representative_data=<ndarray shape=(16, 64)" in message
+    assert len(message) < 300  # No array dump.
+    with pytest.raises(ValueError, match=r"one array per model input \(1\)"):
+        ks.to_tflite(model, representative_data=[_data(), _data()])
+    with pytest.raises(ValueError, match="finite values"):
+        ks.to_tflite(model, representative_data=_data() * np.nan)
+    with pytest.raises(ValueError, match="at least one sample"):
+        ks.to_tflite(model, representative_data=_data()[:0])
+
+
+def test_int8_generator_with_wrong_shapes_fails_at_our_boundary():
+    model = _cnn()
+
+    def generator():
+        for _ in range(4):
+            yield [np.zeros((1, 64), "float32")]
+
+    with pytest.raises(ValueError) as info:
+        ks.to_tflite(model, quantization="int8", representative_data=generator)
+    message = str(info.value)
+    assert message.startswith("to_tflite: int8 calibration")
+    assert "(None, 8, 8, 1)" in message and len(message) < 800
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"tolerance": float("nan")}, ValueError, "tolerance=nan"),
+        ({"tolerance": 0.0}, ValueError, "tolerance=0.0"),
+        ({"verify_samples": -1}, ValueError, "verify_samples=-1"),
+        ({"verify_samples": 2.0}, TypeError, "verify_samples=2.0"),
+        ({"sparse": "yes"}, TypeError, "sparse='yes'"),
+        ({"path": 3}, TypeError, "path=3"),
+    ],
+)
+def test_to_tflite_argument_errors(kwargs, error, match):
+    (arg,) = kwargs
+    with pytest.raises(error, match=rf"to_tflite: `{arg}` must .*{match}"):
+        ks.to_tflite(_cnn(), **kwargs)
+
+
+def test_ops_read_from_the_schema_match_the_interpreter():
+    # tflite_ops reads the flatbuffer schema (public); this cross-checks it
+    # against the interpreter's private op list while LiteRT still has one.
+    from ai_edge_litert.interpreter import Interpreter
+
+    blob = ks.to_tflite(_cnn(hidden=4), verify_samples=0)
+    ops = tflite_ops(blob)
+    assert {"CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE"} <= set(ops)
+    assert ops == sorted(set(ops)) and _no_flex(ops)
+    interpreter = Interpreter(model_content=blob)
+    if not hasattr(interpreter, "_get_ops_details"):
+        pytest.skip("LiteRT no longer has _get_ops_details to compare with")
+    private = sorted({op["op_name"] for op in interpreter._get_ops_details()})
+    assert tflite_ops(blob) == private
+    with pytest.raises(ValueError, match="tflite_ops: `blob` must be"):
+        tflite_ops(b"not a flatbuffer")
+
+
+def test_latency_summary_by_hand():
+    # Paired repeats: dense 2, 4, 2 ms; slim 1, 1, 2 ms -> ratios .5 .25 1.
+    times = {"dense": [2e-3, 4e-3, 2e-3], "slim": [1e-3, 1e-3, 2e-3]}
+    result = summarize_latencies(times, "dense")
+    assert result["dense"]["ratio"] == 1.0
+    assert result["slim"]["ratio"] == pytest.approx(0.5)
+    assert result["slim"]["ratio_min"] == pytest.approx(0.25)
+    assert result["slim"]["ratio_max"] == pytest.approx(1.0)
+    assert result["slim"]["latency_ms"] == pytest.approx(1.0)
+    assert result["dense"]["latency_ms_max"] == pytest.approx(4.0)
+    table = ks.export.format_latency_ratios(result)
+    assert "latency / dense" in table and "3 interleaved repeats" in table
+    assert "0.50     0.25-1.00" in table
+
+
+def test_latency_ratios_of_two_models():
+    dense = ks.to_tflite(_cnn(hidden=64), verify_samples=0)
+    small = ks.to_tflite(_cnn(), verify_samples=0)
+    result = ks.export.latency_ratios(
+        {"dense": dense, "small": small}, repeats=2, runs=3, warmup=1
+    )
+    assert list(result) == ["dense", "small"]
+    assert result["dense"]["ratio"] == 1.0  # t / t, exactly
+    assert result["small"]["ratio_min"] <= result["small"]["ratio"]
+    assert result["small"]["ratio"] <= result["small"]["ratio_max"]
+    assert result["small"]["repeats"] == 2
+    with pytest.raises(ValueError, match="reference='nope'"):
+        ks.export.latency_ratios({"dense": dense}, reference="nope")
+    with pytest.raises(ValueError, match="repeats=0"):
+        ks.export.latency_ratios({"dense": dense}, repeats=0)
