@@ -1,15 +1,22 @@
 """Datasets for the demo, the examples and the benchmarks.
 
-Two sources, both usable with no network:
+Three sources:
 - `load_digits`: scikit-learn's 8x8 digits (1,797 images, shipped inside the
   scikit-learn wheel), padded to 1 channel. The embedded default.
 - `load_fashion_mnist`: Fashion-MNIST from its IDX files (Debian's
   `dataset-fashion-mnist` puts them in `/usr/share/datasets/fashion-mnist`),
   falling back to `keras.datasets.fashion_mnist` (a download) when the files
   are missing.
+- `load_tfds`: any image classification dataset of `tensorflow-datasets`
+  (`pip install keras-serene[tfds]`), through `tfds.load(name,
+  as_supervised=True)`: downloaded and prepared on first use into
+  `data_dir` (tfds's `~/tensorflow_datasets` by default), like tfds itself.
+  `load("tfds:NAME")` is the short form.
 
 Every loader returns `((x_train, y_train), (x_test, y_test))` with images as
-float32 in [0, 1] of shape `(n, height, width, 1)` and integer labels.
+float32 in [0, 1] of shape `(n, height, width, channels)` and integer labels;
+`load_tfds(..., as_dataset=True)` returns batched `tf.data.Dataset`s of the
+same `(image, label)` pairs instead, for datasets too large for memory.
 """
 
 import gzip
@@ -126,15 +133,182 @@ def load_available(small=False, data_dir=DEFAULT_FASHION_MNIST_DIR):
     return "fashion_mnist", load_fashion_mnist(data_dir)
 
 
+TFDS_PREFIX = "tfds:"
+
+
 def load(name, data_dir=DEFAULT_FASHION_MNIST_DIR):
-    """Loads a dataset by name: `"digits"` or `"fashion_mnist"`."""
+    """Loads a dataset by name: `"digits"`, `"fashion_mnist"`, `"tfds:NAME"`.
+
+    `"tfds:NAME"` is `load_tfds(NAME)` (e.g. `"tfds:mnist"`,
+    `"tfds:cifar10"`), into arrays. `data_dir` is the Fashion-MNIST IDX
+    folder, or tfds's data folder for `"tfds:"` names (the Fashion-MNIST
+    default then means tfds's own default).
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            "datasets.load: `name` must be a string ('digits', "
+            f"'fashion_mnist' or 'tfds:NAME'). Received: name={name!r}"
+        )
     if name == "digits":
         return load_digits()
     if name == "fashion_mnist":
         return load_fashion_mnist(data_dir)
+    if name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX):
+        tfds_dir = None if data_dir == DEFAULT_FASHION_MNIST_DIR else data_dir
+        return load_tfds(name[len(TFDS_PREFIX) :], data_dir=tfds_dir)
     raise ValueError(
-        f"Unknown dataset {name!r}. Expected one of 'digits', 'fashion_mnist'."
+        "datasets.load: `name` must be 'digits', 'fashion_mnist' or "
+        f"'tfds:NAME' (a tensorflow-datasets name). Received: name={name!r}"
     )
+
+
+def _tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(
+            "datasets.load_tfds needs tensorflow-datasets, an optional "
+            "extra: `pip install keras-serene[tfds]` (or `pip install "
+            "tensorflow-datasets`)."
+        ) from e
+    return tfds
+
+
+def _tfds_splits(tfds, name, data_dir):
+    """(train split, test split): 'test', else 'validation', else 10%."""
+    try:
+        splits = set(tfds.builder(name, data_dir=data_dir).info.splits)
+    except Exception as e:  # tfds raises DatasetNotFoundError and others
+        raise ValueError(
+            f"datasets.load_tfds: `name` must be a tensorflow-datasets "
+            f"dataset ({e.__class__.__name__}: {str(e)[:200]}). "
+            f"Received: name={name!r}"
+        ) from None
+    if not splits or {"train", "test"} <= splits:
+        return "train", "test"
+    if "train" in splits and "validation" in splits:
+        return "train", "validation"
+    if "train" in splits:
+        return "train[:90%]", "train[90%:]"
+    raise ValueError(
+        f"datasets.load_tfds: dataset {name!r} has no 'train' split "
+        f"(splits: {sorted(splits)})."
+    )
+
+
+def load_tfds(
+    name,
+    data_dir=None,
+    as_dataset=False,
+    batch_size=128,
+    image_size=None,
+    download=True,
+):
+    """Loads an image classification dataset of `tensorflow-datasets`.
+
+    `tfds.load(name, split=[train, test], as_supervised=True)` with test
+    the `"test"` split (else `"validation"`, else the last 10% of
+    `"train"`); images are scaled to float32 in [0, 1] (uint8 divided by
+    255), given a channel axis when they have none and, with `image_size`,
+    resized; labels are int64.
+
+    Example:
+
+    ```python
+    (x, y), (x_test, y_test) = ks.datasets.load_tfds("mnist")
+    train, test = ks.datasets.load_tfds("cifar10", as_dataset=True)
+    ```
+
+    Args:
+        name: String. A tfds name, e.g. `"mnist"`, `"cifar10"`,
+            `"fashion_mnist"` (with a version if wanted, `"mnist:3.*.*"`).
+        data_dir: String or `None`. tfds's data folder. Defaults to `None`
+            (tfds's default, `~/tensorflow_datasets`).
+        as_dataset: Bool. Return batched `tf.data.Dataset`s of
+            `(image, label)` instead of NumPy arrays. Defaults to `False`.
+        batch_size: Int. Batch size when `as_dataset`. Defaults to `128`.
+        image_size: `(height, width)` or `None`. Resize every image (needed
+            when a dataset's images differ in size). Defaults to `None`.
+        download: Bool. Download and prepare when missing (tfds's
+            `download=`). Defaults to `True`.
+
+    Returns:
+        `((x_train, y_train), (x_test, y_test))` arrays, or
+        `(train_dataset, test_dataset)` when `as_dataset`.
+    """
+    tfds = _tfds()
+    import tensorflow as tf
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            "datasets.load_tfds: `name` must be a tfds dataset name. "
+            f"Received: name={name!r}"
+        )
+    if image_size is not None and (
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
+        or not all(isinstance(d, int) and d > 0 for d in image_size)
+    ):
+        raise ValueError(
+            "datasets.load_tfds: `image_size` must be (height, width) of "
+            f"positive ints or None. Received: image_size={image_size!r}"
+        )
+    splits = _tfds_splits(tfds, name, data_dir)
+    try:
+        train, test = tfds.load(
+            name,
+            split=list(splits),
+            as_supervised=True,
+            data_dir=data_dir,
+            download=download,
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"datasets.load_tfds: dataset {name!r} has no (image, label) "
+            f"supervised keys: {str(e)[:200]}"
+        ) from None
+    image_spec, label_spec = train.element_spec
+    if image_spec.shape.rank not in (2, 3) or label_spec.shape.rank != 0:
+        raise ValueError(
+            f"datasets.load_tfds: dataset {name!r} is not image "
+            "classification: it yields (image, label) of shapes "
+            f"{image_spec.shape} and {label_spec.shape}; expected an image "
+            "(height, width[, channels]) and a scalar label."
+        )
+
+    def normalise(image, label):
+        image = tf.cast(image, tf.float32)
+        if image_spec.dtype == tf.uint8:
+            image = image / 255.0
+        if image.shape.rank == 2:
+            image = image[..., None]
+        if image_size is not None:
+            image = tf.image.resize(image, image_size)
+        return image, tf.cast(label, tf.int64)
+
+    train = train.map(normalise, num_parallel_calls=tf.data.AUTOTUNE)
+    test = test.map(normalise, num_parallel_calls=tf.data.AUTOTUNE)
+    if as_dataset:
+        return (
+            train.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+            test.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+        )
+    return _to_arrays(train, name), _to_arrays(test, name)
+
+
+def _to_arrays(dataset, name):
+    images, labels = [], []
+    for image, label in dataset.as_numpy_iterator():
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise ValueError(f"datasets.load_tfds: dataset {name!r} is empty.")
+    if len({image.shape for image in images}) > 1:
+        raise ValueError(
+            f"datasets.load_tfds: the images of {name!r} differ in size; "
+            "pass `image_size=(height, width)` to resize them."
+        )
+    return np.stack(images).astype("float32"), np.asarray(labels, "int64")
 
 
 def _as_images(x, y):
