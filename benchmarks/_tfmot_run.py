@@ -64,6 +64,8 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help=".npz with the splits")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--momentum", type=float, default=0.0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -84,7 +86,7 @@ def main(argv=None):
         model, pruning_schedule=schedule
     )
     pruned.compile(
-        optimizer=keras.optimizers.SGD(0.1),
+        optimizer=keras.optimizers.SGD(args.lr, momentum=args.momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

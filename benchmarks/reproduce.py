@@ -13,6 +13,14 @@ machine and versions that produced them.
     python benchmarks/reproduce.py --train-size 0   # all 60,000 images
     python benchmarks/reproduce.py --quick    # minutes: a subset, 2 epochs
     python benchmarks/reproduce.py --from-json docs/results.json  # re-render
+    python benchmarks/reproduce.py --budgeted   # issue 13's budgeted section
+    python benchmarks/reproduce.py --budgeted --full  # its whole grid
+
+The budgeted section (`benchmarks/budgeted.py`): all 60,000 images, SGD 0.05
+momentum 0.9, 20 epochs, dense / tfmot / `SensitivityPruning(target_sparsity)`
+rows. Sized for 2 cores by default (three seeds for the rows that decide the
+goals, one for the rest, LeNet-5 structured rows on `--lenet5-train-size`
+images); `--full` runs every row on both models with `--seeds` seeds.
 
 Methods: `dense`, `lobster` (loss sensitivity), `serene` (neuron
 sensitivity, SensitivityModel), `neurips18` (output sensitivity,
@@ -40,6 +48,7 @@ from keras_serene.app import datasets  # noqa: E402
 from keras_serene.app import zoo  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 METHODS = (
     "dense",
     "lobster",
@@ -82,6 +91,21 @@ def parse_args(argv=None):
     )
     parser.add_argument("--out", default=os.path.join(HERE, "..", "docs"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--budgeted",
+        action="store_true",
+        help="run the budgeted section (benchmarks/budgeted.py)",
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="budgeted: the whole grid"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="budgeted seeds")
+    parser.add_argument(
+        "--lenet5-train-size",
+        type=int,
+        default=12000,
+        help="budgeted sized run: LeNet-5 on the first N images (0: all)",
+    )
     parser.add_argument(
         "--from-json",
         default=None,
@@ -315,6 +339,8 @@ def main(argv=None):
     if args.from_json:
         print(rewrite_from_json(args.from_json))
         return 0
+    if args.budgeted:
+        return run_budgeted(args, argv)
     dataset, train_data, test_data = load(args)
     data = (train_data, test_data)
     models = [m for m in args.models.split(",") if m]
@@ -361,6 +387,30 @@ def main(argv=None):
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
     print(write_page(results, meta, args.out))
+    return 0
+
+
+def run_budgeted(args, argv):
+    """The budgeted section: full Fashion-MNIST, issue 13's settings."""
+    import budgeted
+    import budgeted_report
+
+    (x, y), test = datasets.load_fashion_mnist(args.data_dir)
+    if args.quick:
+        (x, y), test = (x[:3000], y[:3000]), (test[0][:1000], test[1][:1000])
+
+    def load_for(model_name):
+        size = 0 if args.full else args.lenet5_train_size
+        if model_name == "lenet5" and size:
+            return (x[:size], y[:size]), test
+        return (x, y), test
+
+    command = "python benchmarks/reproduce.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    meta = {"command": command.strip(), "env": environment()}
+    path = budgeted.main(args, load_for, meta)
+    print(budgeted_report.write(path, args.out))
     return 0
 
 

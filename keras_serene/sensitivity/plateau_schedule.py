@@ -12,6 +12,7 @@ Plateau, after each epoch with validation loss `vl`::
         and if vl < best: best = vl (the caller keeps a copy of the weights)
     else: bad += 1
     if bad >= patience: plateau -> restore the best weights, reset, prune
+    if vl is NaN or inf: diverged -> restore the last good weights, no prune
 
 Threshold search, one global magnitude threshold `T`::
 
@@ -34,7 +35,10 @@ class Plateau:
 
     `update(value)` returns `"improved"` (a new best: keep the weights),
     `"plateau"` (patience ran out: restore the best weights and prune; the
-    detector resets itself) or `"wait"`.
+    detector resets itself), `"wait"`, or `"diverged"` for a NaN or
+    infinite value: the authors' rule (`EIDOSLAB/LOBSTER`,
+    `plateau_scheduler.py`) rolls back to the last good weights instead of
+    pruning a broken model; the counters are left as they were.
 
     Args:
         patience: Int >= 1. Epochs without a relative improvement before a
@@ -73,7 +77,7 @@ class Plateau:
     def update(self, value):
         value = float(value)
         if not math.isfinite(value):
-            raise ValueError(f"Plateau.update: non-finite value {value}.")
+            return "diverged"
         status = "wait"
         if value < self.best * (1.0 + self.tolerance):
             self.bad_epochs = 0

@@ -1,108 +1,197 @@
-"""`SensitivityPruning`: LOBSTER's plateau + bisection thresholding in `fit`.
+"""`SensitivityPruning`: a budgeted ramp, or LOBSTER's plateau schedule.
 
-LOBSTER (arXiv 2011.09905, Sec. 3.3, Algorithm 1) and SeReNe (arXiv
-2102.03773, Sec. III-C) train with the sensitivity decay until the validation
-loss plateaus, then zero every regularized parameter under one global
-magnitude threshold `T`, the largest that keeps the validation loss within
-`(1 + tolerance)` of its value before pruning; training then resumes with the
-pruned entries held at zero by the masks. The policy lives in
-`keras_serene.sensitivity.plateau_schedule` (pure, tested alone); this callback wires it to
-`fit`, following the authors' code (`EIDOSLAB/LOBSTER`,
-`src/utilities/pruning/thresholding/`).
+With `target_sparsity` (the default use): Zhu & Gupta's gradual schedule
+(arXiv 1710.01878, Eq. 1), `s(t) = s_f (1 - (1 - (t - t0)/(T - t0))^3)`,
+over the optimizer's masks (`budget_schedule.py`, `budget_pruning.py`,
+`pruning_criteria.py`): a target size reached in the user's epoch budget.
 
-Structured mode (SeReNe): a neuron whose incoming weights are all zero is
-masked as a whole, bias included, so it stays dead and the slimmer can remove
-it.
+Without it: LOBSTER (arXiv 2011.09905, Sec. 3.3, Algorithm 1) and SeReNe
+(arXiv 2102.03773, Sec. III-C) train with the sensitivity decay until the
+validation loss plateaus, then zero every regularized parameter under one
+global magnitude threshold `T`, the largest that keeps the validation loss
+within `(1 + tolerance)` of its value before pruning (`plateau_schedule.py`,
+following `EIDOSLAB/LOBSTER` `src/utilities/pruning/thresholding/`). A NaN
+validation loss rolls back to the last good weights instead of pruning.
+Structured plateau mode (SeReNe) masks a neuron whose incoming weights are
+all zero as a whole, bias included.
 """
+
+import numbers
 
 import keras
 import numpy as np
 
 from keras_serene.core import masking as masks_lib
 from keras_serene.core import neurons as neurons_lib
-from keras_serene.sensitivity.plateau_schedule import Plateau
-from keras_serene.sensitivity.plateau_schedule import bisect_threshold
-from keras_serene.sensitivity.plateau_schedule import magnitude_statistics
+from keras_serene.sensitivity import budget_pruning
+from keras_serene.sensitivity import pruning_criteria as criteria
+from keras_serene.sensitivity.budget_schedule import ramp_for_fit
+from keras_serene.sensitivity.plateau_pruning import PlateauPruningMixin
+
+
+def _number(name, value, low, allow_none=False, integer=False):
+    kinds = numbers.Integral if integer else numbers.Real
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(
+            f"SensitivityPruning: `{name}` must be "
+            f"{'an int' if integer else 'a number'}"
+            f"{' or None' if allow_none else ''}. Received {name}={value!r}"
+        )
+    if not value >= low:
+        raise ValueError(
+            f"SensitivityPruning: `{name}` must be >= {low}. Received "
+            f"{name}={value}"
+        )
+    return value
 
 
 @keras.saving.register_keras_serializable(package="keras_serene")
-class SensitivityPruning(keras.callbacks.Callback):
-    """Prunes by a global magnitude threshold each time the loss plateaus.
+class SensitivityPruning(PlateauPruningMixin, keras.callbacks.Callback):
+    """Prunes to a target sparsity on a ramp, or at each loss plateau.
 
-    After each epoch the monitored validation loss feeds a plateau detector
-    (`patience` epochs without a 1% relative improvement). On a plateau the
-    callback restores the best weights, bisects the global threshold `T` with
-    `loss(prune(T)) <= L0 * (1 + tolerance)` on the validation data, zeroes
-    every regularized entry `|w| < T` and marks it pruned in the optimizer's
-    masks. Each epoch it writes into `logs` (so progress bars, `History`,
-    `CSVLogger` and TensorBoard show them): `sparsity`, the fraction of
-    regularized entries at zero; `pruning_threshold`, the last threshold
-    applied; and `alive_neurons`, the *fraction* of neurons (Dense units,
-    conv channels) with a nonzero incoming weight (`ks.summary` gives the
-    counts).
+    **Budgeted** (`target_sparsity` set): the fraction of regularized entries
+    at zero (`structured=True`: of prunable neurons and conv channels
+    removed) follows `s(t) = s_f (1 - (1 - (t - t0)/(T - t0))^3)` from
+    `begin_epoch` to `end_epoch` (default 70% of `fit`'s epochs), with
+    `frequency` pruning steps per epoch (they may fall inside an epoch), and
+    holds `s_f` afterwards: the rest of the budget is recovery. Each step
+    masks the lowest-ranked entries (`criterion`, one global ranking) so that
+    exactly the scheduled fraction is zero; a pruned entry is never revived.
+    Structured: a removed neuron's incoming kernel slice (and BN `gamma`) is
+    masked, its bias kept: `ks.slim(ks.strip_masks(model))` then removes
+    exactly those channels with the outputs unchanged. Groups come from
+    `ks.slimming_plan`: model inputs/outputs and pinned groups are not
+    prunable, a residual group goes as one, every group keeps a channel.
+    The step counter is `optimizer.iterations`, which `.keras` files and
+    `keras.callbacks.BackupAndRestore` restore, so a resumed fit continues
+    the ramp. No work is done on batches that are not pruning steps.
+
+    **Plateau** (no `target_sparsity`; the papers' schedule): after each
+    epoch the monitored validation loss feeds a plateau detector (`patience`
+    epochs without a `plateau_tolerance` relative improvement); on a plateau
+    the best weights come back and the global threshold `T` is bisected with
+    `loss(prune(T)) <= L0 * (1 + tolerance)` on the validation data. A NaN
+    loss restores the last good weights and does not prune.
+
+    Each epoch `logs` get (so `History`, `CSVLogger`, TensorBoard show them)
+    `sparsity` (fraction of regularized entries at zero),
+    `pruning_threshold` (the last threshold or score cut), `alive_neurons`
+    (fraction of neurons with a nonzero incoming weight) and, budgeted,
+    `scheduled_sparsity` (and `removed_neurons`, structured).
 
     Example:
 
     ```python
-    model.compile(optimizer=ks.SensitivityOptimizer(keras.optimizers.SGD(0.1)),
-                  loss=..., metrics=["accuracy"])
-    model.fit(x, y, validation_split=0.1, epochs=100,
-              callbacks=[ks.callbacks.SensitivityPruning(patience=20)])
+    model.compile(optimizer=ks.SensitivityOptimizer(
+        keras.optimizers.SGD(0.05, momentum=0.9), decay=1e-4), loss=...)
+    model.fit(x, y, validation_split=0.1, epochs=20, callbacks=[
+        ks.callbacks.SensitivityPruning(target_sparsity=0.98)])
     ```
 
     Args:
-        monitor: String. The validation loss to watch, e.g. `"val_loss"`.
-            Defaults to `"val_loss"`.
+        target_sparsity: Float in (0, 1) or None. The budgeted target;
+            None selects the plateau schedule. Defaults to `None`.
+        structured: Bool or None. Prune whole neurons / channels. `None`:
+            on when the optimizer's sensitivity is per neuron. Defaults to
+            `None`.
+        begin_epoch: Number >= 0. Where the ramp starts. Defaults to `0`.
+        end_epoch: Number > begin_epoch, or None: where the target is
+            reached; None is 70% of `fit`'s epochs. Defaults to `None`.
+        frequency: Int >= 1. Pruning steps per epoch. Defaults to `4`.
+        criterion: String, the ranking (see
+            `keras_serene.sensitivity.pruning_criteria`): `"magnitude"`
+            (|w|; structured: channel L2 norm, equal fraction per layer;
+            the papers' magnitude thresholding), `"magnitude_global"` (ours:
+            structured ranking across layers by layer-normalised norms),
+            `"taylor"` (ours: |w|·LOBSTER's S) or `"serene"` (SeReNe's
+            neuron S, rescaled per layer as NeuronLOBSTER's `rescaled`); the
+            last two read `validation_data`. Defaults to `"magnitude"`.
+        monitor: String. The loss the plateau schedule watches. Defaults to
+            `"val_loss"`.
         patience: Int >= 1. Plateau patience in epochs (LOBSTER's `pwe`).
             Defaults to `20`.
-        tolerance: Float >= 0. Relative loss increase a pruning step may
-            cost (LOBSTER's `twt`). Defaults to `0.05`.
-        plateau_tolerance: Float > -1. A validation loss below
-            `best * (1 + plateau_tolerance)` resets the plateau counter
-            (LOBSTER: 0.01; negative values demand a relative improvement,
-            see `keras_serene.sensitivity.plateau_schedule.Plateau`). Defaults to `0.01`.
-        validation_data: Optional `(x, y)` tuple or dataset to evaluate the
-            trial thresholds on. Defaults to `None`: the validation data of
-            `fit` (`validation_data=` or `validation_split=`).
-        structured: Bool or None. Mask whole neurons whose incoming weights
-            are all zero (SeReNe). `None` turns it on when the optimizer's
-            sensitivity is per neuron. Defaults to `None`.
+        tolerance: Float >= 0. Relative loss increase one plateau pruning
+            step may cost (LOBSTER's `twt`). Defaults to `0.05`.
+        plateau_tolerance: Float > -1. A loss below `best * (1 +
+            plateau_tolerance)` resets the plateau counter (LOBSTER: 0.01;
+            negative values demand an improvement). Defaults to `0.01`.
+        validation_data: Optional `(x, y)` tuple or dataset: the plateau
+            search's trial data and the data criteria's batches. Defaults to
+            `None`: fit's validation data (plateau schedule).
         verbose: Int. 1 prints one line per pruning step. Defaults to `1`.
 
     References:
+        - [Zhu & Gupta, 2017](https://arxiv.org/abs/1710.01878), Eq. 1.
         - [Tartaglione et al., 2022](https://arxiv.org/abs/2011.09905),
           Sec. 3.3.
+        - [Tartaglione et al., 2022](https://arxiv.org/abs/2102.03773).
     """
 
     def __init__(
         self,
+        target_sparsity=None,
+        structured=None,
+        begin_epoch=0,
+        end_epoch=None,
+        frequency=4,
+        criterion="magnitude",
         monitor="val_loss",
         patience=20,
         tolerance=0.05,
         plateau_tolerance=0.01,
         validation_data=None,
-        structured=None,
         verbose=1,
     ):
         super().__init__()
+        _number("target_sparsity", target_sparsity, 0.0, allow_none=True)
+        if target_sparsity is not None and not 0 < target_sparsity < 1:
+            raise ValueError(
+                "SensitivityPruning: `target_sparsity` must be in (0, 1) or "
+                f"None. Received target_sparsity={target_sparsity}"
+            )
+        _number("begin_epoch", begin_epoch, 0)
+        _number("end_epoch", end_epoch, 0, allow_none=True)
+        if end_epoch is not None and not end_epoch > begin_epoch:
+            raise ValueError(
+                "SensitivityPruning: `end_epoch` must be > begin_epoch "
+                f"({begin_epoch}). Received end_epoch={end_epoch}"
+            )
+        _number("frequency", frequency, 1, integer=True)
+        _number("patience", patience, 1, integer=True)
+        _number("tolerance", tolerance, 0)
+        _number("plateau_tolerance", plateau_tolerance, -1)
+        if not plateau_tolerance > -1:
+            raise ValueError(
+                "SensitivityPruning: `plateau_tolerance` must be > -1. "
+                f"Received plateau_tolerance={plateau_tolerance}"
+            )
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(
                 "SensitivityPruning: `monitor` must be a metric name such as "
                 f"'val_loss'. Received monitor={monitor!r}"
-            )
-        if not tolerance >= 0:
-            raise ValueError(
-                "SensitivityPruning: `tolerance` must be >= 0. Received "
-                f"tolerance={tolerance}"
             )
         if structured not in (None, True, False):
             raise TypeError(
                 "SensitivityPruning: `structured` must be None, True or "
                 f"False. Received structured={structured!r}"
             )
-        self.plateau = Plateau(patience, plateau_tolerance)
+        self.criterion = criteria.check_criterion(criterion)
+        if target_sparsity is None and criterion != "magnitude":
+            raise ValueError(
+                "SensitivityPruning: `criterion` applies to the budgeted "
+                "schedule; the plateau schedule thresholds magnitudes. Pass "
+                f"`target_sparsity=`. Received criterion={criterion!r}"
+            )
+        self.target_sparsity = (
+            None if target_sparsity is None else float(target_sparsity)
+        )
+        self.begin_epoch = begin_epoch
+        self.end_epoch = end_epoch
+        self.frequency = int(frequency)
         self.monitor = monitor
-        self.patience = patience
+        self.patience = int(patience)
         self.tolerance = float(tolerance)
         self.plateau_tolerance = float(plateau_tolerance)
         self.validation_data = validation_data
@@ -110,152 +199,142 @@ class SensitivityPruning(keras.callbacks.Callback):
         self.verbose = verbose
         self.threshold = 0.0
         self.history = []
+        self.init_plateau()
 
+    # -- fit hooks ---------------------------------------------------------
     def on_train_begin(self, logs=None):
         self.optimizer = masks_lib.mask_optimizer(
             self.model, caller="SensitivityPruning"
         )
         masks_lib.ensure_built(self.optimizer, self.model)
-        self.plateau.reset()
-        self._best_weights = None
         self._structured = self.structured
         if self._structured is None:
             self._structured = bool(
                 getattr(self.optimizer.sensitivity, "per_neuron", False)
             )
+        self.ramp = None
+        if self.target_sparsity is None:
+            self.plateau_begin()
+            return
+        self._begin_budget()
+
+    def _begin_budget(self):
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if not steps:
+            raise ValueError(
+                "SensitivityPruning(target_sparsity=...) needs the number "
+                "of steps per epoch: pass `steps_per_epoch=` to `fit` (the "
+                "dataset's length is unknown)."
+            )
+        self.ramp = ramp_for_fit(
+            self.target_sparsity,
+            self.begin_epoch,
+            self.end_epoch,
+            self.frequency,
+            int(steps),
+            int(epochs),
+        )
+        self._batches = None
+        self._statistics = None
+        if self.criterion in criteria.DATA_CRITERIA:
+            if self.validation_data is None:
+                raise ValueError(
+                    f"SensitivityPruning: criterion={self.criterion!r} "
+                    "reads data: pass `validation_data=(x, y)` to the "
+                    "callback."
+                )
+            self._batches = criteria.sample_batches(self.validation_data)
+        self._channels = None
+        if self._structured:
+            from keras_serene.slimming import slimming_plan
+
+            self._channels = budget_pruning.ChannelPruner(
+                self.model, self.optimizer, slimming_plan(self.model)
+            )
+            if not self._channels.groups:
+                raise ValueError(
+                    "SensitivityPruning(structured=True): the model has no "
+                    "prunable neuron group (every group is a model input or "
+                    "output, or pinned)."
+                )
+        self._neuron_of = _bias_lookup(self.model)
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.ramp is None:
+            return
+        base = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self._base = base
+        if self._first_epoch and base >= self.ramp.end_step > 0:
+            self._prune_step(base, epoch)  # Holds the target (idempotent).
+        self._first_epoch = False
+        self._next = self.ramp.next_pruning_step(base + 1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.ramp is None or self._next is None:
+            return
+        step = self._base + batch + 1
+        if step < self._next:
+            return
+        self._prune_step(step, None)
+        self._next = self.ramp.next_pruning_step(step + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        if self.monitor not in logs:
-            raise ValueError(
-                f"SensitivityPruning monitors `{self.monitor}`, which is not "
-                f"in the logs of epoch {epoch + 1}. Available metrics: "
-                f"{sorted(logs)}. Pass `validation_data=` or "
-                "`validation_split=` to `fit` (and keep `validation_freq=1`)."
-            )
-        status = self.plateau.update(logs[self.monitor])
-        if status == "improved":
-            self._best_weights = self.model.get_weights()
-        elif status == "plateau":
-            self._prune(epoch)
+        if self.ramp is None:
+            self.plateau_epoch_end(epoch, logs)
+        else:
+            step = self._base + int(self.params["steps"])
+            logs["scheduled_sparsity"] = self.ramp.sparsity(step)
+            if self._channels is not None:
+                removed = sum(int(r.sum()) for r in self._channels.removed())
+                logs["removed_neurons"] = removed / self._channels.total
         self._write_logs(logs)
 
-    def _variables(self):
-        return self.optimizer.regularized_variables
-
-    def _evaluate(self):
-        if self.validation_data is not None:
-            data = self.validation_data
-            if isinstance(data, (tuple, list)):
-                results = self.model.evaluate(
-                    *data, verbose=0, return_dict=True
-                )
-            else:
-                results = self.model.evaluate(data, verbose=0, return_dict=True)
-        else:
-            if getattr(self.model, "_eval_epoch_iterator", None) is None:
-                raise ValueError(
-                    "SensitivityPruning needs validation data: pass "
-                    "`validation_data=` or `validation_split=` to `fit`, or "
-                    "`validation_data=` to the callback."
-                )
-            # fit's own cached validation iterator (how fit validates).
-            results = self.model.evaluate(
-                verbose=0, return_dict=True, _use_cached_eval_dataset=True
-            )
-        key = (
-            self.monitor[4:]
-            if self.monitor.startswith("val_")
-            else (self.monitor)
-        )
-        if key not in results:
-            raise ValueError(
-                "SensitivityPruning: evaluating the model gives "
-                f"{sorted(results)}"
-                f"; none matches monitor={self.monitor!r}."
-            )
-        return float(results[key])
-
-    def _prune(self, epoch):
-        if self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
-        variables = self._variables()
-        originals = [keras.ops.convert_to_numpy(v) for v in variables]
-        statistics = magnitude_statistics(originals)
-        if statistics is None:
+    # -- budgeted steps ----------------------------------------------------
+    def _prune_step(self, step, epoch):
+        fraction = self.ramp.sparsity(step)
+        if fraction <= 0:
             return
-        initial_loss = self._evaluate()
-        snapshot = self.model.get_weights()
-
-        def loss_at(threshold):
-            # Each trial prunes a copy: the weights are restored after it.
-            for variable, value in zip(variables, originals):
-                variable.assign(np.where(np.abs(value) < threshold, 0, value))
-            self._zero_dead_neurons(commit=False)
-            loss = self._evaluate()
-            self.model.set_weights(snapshot)
-            return loss
-
-        search = bisect_threshold(
-            loss_at, initial_loss, statistics, tolerance=self.tolerance
-        )
-        for variable, value in zip(variables, originals):
-            masks_lib.add_flag(
-                self.optimizer,
-                variable,
-                masks_lib.PRUNED,
-                np.abs(value) < search.threshold,
-                zero=True,
+        if self._batches is not None:
+            new = criteria.gradient_statistics(
+                self.model, self._batches, self.criterion
             )
-        self._zero_dead_neurons(commit=True)
-        self.threshold = float(search.threshold)
-        self._best_weights = None
-        sparsity = self._sparsity()
+            if self._statistics is None:
+                self._statistics = new
+            else:
+                for key, value in new.items():
+                    self._statistics[key] = self._statistics[key] + value
+        if self._channels is not None:
+            count = self._channels.prune_to(
+                fraction, self.criterion, self._statistics
+            )
+        else:
+            variables = self._variables()
+            values = [keras.ops.convert_to_numpy(v) for v in variables]
+            scores = criteria.entry_scores(
+                self.criterion,
+                variables,
+                values,
+                self._statistics,
+                self._neuron_of,
+            )
+            count, self.threshold = budget_pruning.prune_entries(
+                self.optimizer, variables, fraction, scores
+            )
         self.history.append(
-            {
-                "epoch": epoch + 1,
-                "threshold": float(search.threshold),
-                "loss_before": initial_loss,
-                "loss_after": search.loss,
-                "bound": search.bound,
-                "trials": len(search.trials),
-                "sparsity": sparsity,
-            }
+            {"step": step, "scheduled": fraction, "pruned": count}
         )
         if self.verbose:
+            unit = "channels" if self._channels is not None else "entries"
             print(
-                f"\nEpoch {epoch + 1}: SensitivityPruning threshold "
-                f"{search.threshold:.4g} ({len(search.trials)} trials): "
-                f"{self.monitor} {initial_loss:.4f} -> {search.loss:.4f} "
-                f"(bound {search.bound:.4f}), sparsity {sparsity:.2%}."
+                f"\nStep {step}: SensitivityPruning scheduled sparsity "
+                f"{fraction:.2%}, {count} {unit} pruned."
             )
 
-    def _zero_dead_neurons(self, commit):
-        """Structured mode: zero (and if `commit`, mask) dead neurons."""
-        if not self._structured:
-            return
-        for _, weights in neurons_lib.neuron_layers(self.model):
-            live = neurons_lib.alive_neurons(weights)
-            if live is None:
-                continue
-            dead = ~live
-            if not dead.any():
-                continue
-            for w in weights:
-                where = np.reshape(
-                    dead, neurons_lib.neuron_shape(w.kind, w.variable.shape)
-                )
-                if commit:
-                    masks_lib.add_flag(
-                        self.optimizer,
-                        w.variable,
-                        masks_lib.PRUNED,
-                        where,
-                        zero=True,
-                    )
-                else:
-                    value = keras.ops.convert_to_numpy(w.variable)
-                    w.variable.assign(np.where(where, 0, value))
+    # -- shared ------------------------------------------------------------
+    def _variables(self):
+        return self.optimizer.regularized_variables
 
     def _sparsity(self):
         total = zeros = 0
@@ -279,14 +358,33 @@ class SensitivityPruning(keras.callbacks.Callback):
 
     def get_config(self):
         return {
+            "target_sparsity": self.target_sparsity,
+            "structured": self.structured,
+            "begin_epoch": self.begin_epoch,
+            "end_epoch": self.end_epoch,
+            "frequency": self.frequency,
+            "criterion": self.criterion,
             "monitor": self.monitor,
             "patience": self.patience,
             "tolerance": self.tolerance,
             "plateau_tolerance": self.plateau_tolerance,
-            "structured": self.structured,
             "verbose": self.verbose,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _bias_lookup(model):
+    """`variable -> (bias variable, broadcast shape)` for `"serene"`."""
+    table = {}
+    for _, weights in neurons_lib.neuron_layers(model):
+        bias = [w for w in weights if w.variable.path.endswith("bias")]
+        for w in weights:
+            if bias and w.kind != "vector":
+                shape = neurons_lib.neuron_shape(w.kind, w.variable.shape)
+                table[id(w.variable)] = (bias[0].variable, shape)
+            elif bias and w.variable is bias[0].variable:
+                table[id(w.variable)] = (w.variable, w.variable.shape)
+    return table.get

@@ -1,0 +1,293 @@
+"""Budgeted pruning against tfmot: the section `reproduce.py --budgeted` runs.
+
+Full Fashion-MNIST (60,000 images, the last 10% held out for validation),
+LeNet-300-100 and LeNet-5 (Caffe), 20 epochs, SGD 0.05 momentum 0.9, batch
+100 (issue 13's settings; tfmot's in its own process, `_tfmot_run.py`).
+
+Row names (`--rows`):
+
+- `dense`; `tfmotNN` (tfmot `PolynomialDecay` to NN% per layer, its own
+  process; its slim widths are what `ks.slim` removes of its dead neurons);
+- `CRIT` + `NN` (`mag98`, `taylor98`, `serene98`): ours, unstructured,
+  `SensitivityPruning(target_sparsity=0.NN, criterion=...)` with LOBSTER
+  decay 1e-4; a `-nd` suffix trains without decay;
+- `stNN-CRIT` (`st80-mag`, `st80-global`, `st80-serene`, `st80-taylor`):
+  ours, `structured=True`, NN% of the prunable neurons / channels removed;
+  `-nd` without decay (`st80-mag-nd` is the L2-norm no-decay baseline).
+
+Rows run in the order given, seed by seed; `results_budgeted.json` is
+rewritten after every run, so an interrupted run keeps what it measured.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+
+import keras_serene as ks
+from keras_serene.app import zoo
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EPOCHS = 20
+BATCH_SIZE = 100
+LEARNING_RATE = 0.05
+MOMENTUM = 0.9
+DECAY = 1e-4
+CRITERIA = {
+    "mag": "magnitude",
+    "global": "magnitude_global",
+    "taylor": "taylor",
+    "serene": "serene",
+}
+
+
+def parse_row(name):
+    """`(kind, target, criterion, decay)` of a row name."""
+    if name == "dense":
+        return "dense", None, None, 0.0
+    if name.startswith("tfmot"):
+        return "tfmot", int(name[5:]) / 100, None, 0.0
+    decay = 0.0 if name.endswith("-nd") else DECAY
+    base = name[:-3] if name.endswith("-nd") else name
+    if base.startswith("st"):
+        percent, criterion = base[2:].split("-")
+        return "structured", int(percent) / 100, CRITERIA[criterion], decay
+    for short, criterion in CRITERIA.items():
+        if base.startswith(short) and base[len(short) :].isdigit():
+            return "unstructured", int(base[len(short) :]) / 100, criterion, (
+                decay
+            )
+    raise ValueError(f"unknown budgeted row {name!r}")
+
+
+def _compile(model, optimizer):
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
+    """One run; returns (plain model, train seconds, extra dict)."""
+    (x, y), (x_test, y_test) = data
+    kind, target, criterion, decay = parse_row(row)
+    keras.utils.set_random_seed(seed)
+    model = zoo.get(model_name, input_shape=x.shape[1:], num_classes=10)
+    sgd = keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM)
+    extra = {}
+    if kind == "tfmot":
+        return _tfmot(model, model_name, target, data, seed, workdir, epochs)
+    callbacks = []
+    if kind == "dense":
+        _compile(model, sgd)
+    else:
+        _compile(model, ks.SensitivityOptimizer(sgd, decay=decay))
+        split = int(0.9 * len(x))
+        callbacks.append(
+            ks.callbacks.SensitivityPruning(
+                target_sparsity=target,
+                structured=kind == "structured",
+                criterion=criterion,
+                validation_data=(x[split:], y[split:]),
+                verbose=0,
+            )
+        )
+    start = time.perf_counter()
+    history = model.fit(
+        x,
+        y,
+        validation_split=0.1,
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    seconds = time.perf_counter() - start
+    if callbacks:
+        extra["sparsity_by_epoch"] = [
+            round(v, 5) for v in history.history["sparsity"]
+        ]
+        if "removed_neurons" in history.history:
+            extra["removed_neurons"] = history.history["removed_neurons"][-1]
+        model = ks.strip_masks(model)
+    return model, seconds, extra
+
+
+def _tfmot(model, model_name, target, data, seed, workdir, epochs):
+    (x, y), (x_test, y_test) = data
+    npz = os.path.join(workdir, f"data-{len(x)}.npz")
+    if not os.path.exists(npz):
+        np.savez(npz, x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+    out = os.path.join(workdir, f"tfmot-{model_name}.npz")
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    command = [
+        sys.executable,
+        os.path.join(HERE, "_tfmot_run.py"),
+        "--model", model_name,
+        "--sparsity", str(target),
+        "--epochs", str(epochs),
+        "--data", npz,
+        "--out", out,
+        "--seed", str(seed),
+        "--lr", str(LEARNING_RATE),
+        "--momentum", str(MOMENTUM),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"tfmot run failed:\n{result.stderr[-3000:]}")
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    weights = np.load(out)
+    model.set_weights([weights[f"arr_{i}"] for i in range(len(weights))])
+    extra = {"versions": {k: info[k] for k in ("tf_keras", "tfmot")}}
+    return model, info["train_seconds"], extra
+
+
+def measure(model, data, export=True, sparse=False):
+    """Accuracy, nonzero, slim widths/params; `.tflite` sizes and latency."""
+    (x, _), (x_test, y_test) = data
+    _compile(model, "sgd")
+    accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
+    report = ks.summary(model, print_fn=False)
+    slim = ks.slim(model)
+    slim_report = ks.summary(slim, print_fn=False)
+    row = {
+        "accuracy": accuracy,
+        "params": report["total"]["params"],
+        "nonzero_fraction": report["total"]["nonzero"]
+        / report["total"]["params"],
+        "slim_widths": slim_report["architecture"].split(" -> ")[-1],
+        "slim_params": slim_report["total"]["params"],
+    }
+    if export:
+        blob = ks.to_tflite(slim)
+        int8 = ks.to_tflite(
+            slim, quantization="int8", representative_data=x[:200]
+        )
+        row["tflite_bytes"] = len(blob)
+        row["tflite_int8_bytes"] = len(int8)
+        row["latency_ms"] = ks.export.tflite_latency(blob, runs=300) * 1e3
+        if sparse:
+            blob = ks.to_tflite(model, sparse=True)
+            row["sparse_tflite_bytes"] = len(blob)
+            row["sparse_latency_ms"] = (
+                ks.export.tflite_latency(blob, runs=300) * 1e3
+            )
+    return row
+
+
+def run_grid(plan, data_for, out_path, workdir, meta, epochs=EPOCHS):
+    """Runs `plan` (list of (model, row, seed, export)); saves after each."""
+    saved = {"meta": meta, "runs": []}
+    if os.path.exists(out_path):
+        with open(out_path) as f:
+            saved = json.load(f)
+        saved["meta"] = meta
+    done = {(r["model"], r["row"], r["seed"]) for r in saved["runs"]}
+    for model_name, row, seed, export in plan:
+        if (model_name, row, seed) in done:
+            continue
+        print(f"{model_name} / {row} / seed {seed} ...", flush=True)
+        data = data_for(model_name)
+        model, seconds, extra = train(
+            row, model_name, data, seed, workdir, epochs
+        )
+        measured = measure(
+            model, data, export=export, sparse=row == "tfmot98" and export
+        )
+        extra.pop("versions", None)
+        result = {
+            "model": model_name,
+            "row": row,
+            "seed": seed,
+            "train_size": len(data[0][0]),
+            "train_seconds": seconds,
+            **measured,
+            **extra,
+        }
+        saved["runs"].append(result)
+        print("  " + json.dumps(result), flush=True)
+        with open(out_path, "w") as f:
+            json.dump(saved, f, indent=1)
+    return saved
+
+
+#: Rows that decide issue 13's goals (three seeds in the sized run).
+DECIDING_300 = (
+    "dense,tfmot98,tfmot99,mag98,mag99,st80-mag-nd,BEST_STRUCTURED"
+)
+#: Seed-0 rows of the sized run, in order (the structured variants first,
+#: so the best one is known before the extra seeds).
+SEED0_300 = (
+    "dense,tfmot98,mag98,tfmot99,mag99,st80-mag-nd,st80-mag,st80-global,"
+    "st80-global-nd,st80-serene"
+)
+EXTRA_300 = (
+    "taylor98,serene98,mag98-nd,tfmot90,mag90,tfmot95,mag95,st50-global,"
+    "st90-global,mag99-nd,st80-taylor"
+)
+ROWS_5 = "dense,st80-mag,st80-global"
+ALL_300 = (
+    "dense,tfmot90,tfmot95,tfmot98,tfmot99,mag90,mag95,mag98,mag99,"
+    "mag90-nd,mag95-nd,mag98-nd,mag99-nd,taylor98,taylor99,serene98,"
+    "serene99,st50-mag,st80-mag,st90-mag,st50-global,st80-global,"
+    "st90-global,st80-mag-nd,st80-global-nd,st80-serene,st80-taylor"
+)
+ALL_5 = "dense,tfmot98,st50-global,st80-mag,st80-global,st90-global,st80-mag-nd"
+
+
+def best_structured(path, model_name="lenet300", percent=80):
+    """Our best seed-0 structured row at `percent` (not the baseline)."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+    candidates = [
+        r
+        for r in runs
+        if r["model"] == model_name
+        and r["seed"] == 0
+        and r["row"].startswith(f"st{percent}-")
+        and r["row"] != f"st{percent}-mag-nd"
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: r["accuracy"])["row"]
+
+
+def main(args, load, meta):
+    """The budgeted section; `load(model_name) -> data`."""
+    import tempfile
+
+    os.makedirs(args.out, exist_ok=True)
+    out_path = os.path.join(args.out, "results_budgeted.json")
+    seeds = list(range(args.seeds))
+    epochs = args.epochs or (2 if args.quick else EPOCHS)
+    meta = {**meta, "epochs": epochs}
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.full:
+            plan = [
+                (m, row, seed, seed == 0)
+                for seed in seeds
+                for m, rows in (("lenet300", ALL_300), ("lenet5", ALL_5))
+                for row in rows.split(",")
+            ]
+            run_grid(plan, load, out_path, workdir, meta, epochs)
+            return out_path
+        first = [("lenet300", r, 0, True) for r in SEED0_300.split(",")]
+        run_grid(first, load, out_path, workdir, meta, epochs)
+        best = best_structured(out_path) or "st80-global"
+        deciding = DECIDING_300.replace("BEST_STRUCTURED", best).split(",")
+        plan = [("lenet5", r, 0, True) for r in ROWS_5.split(",")]
+        plan += [
+            ("lenet300", r, seed, False) for seed in seeds[1:] for r in deciding
+        ]
+        plan += [("lenet300", r, 0, True) for r in EXTRA_300.split(",")]
+        run_grid(plan, load, out_path, workdir, meta, epochs)
+    return out_path

@@ -1,0 +1,250 @@
+"""One budgeted pruning step: exactly the scheduled fraction, masked.
+
+`ks.callbacks.SensitivityPruning(target_sparsity=...)` calls these at each
+step of its `PolynomialRamp` (`budget_schedule.py`), ranked by a criterion
+(`pruning_criteria.py`). Pruned entries are marked `PRUNED` in the
+optimizer's masks (`keras_serene.core.masking`), so they stay zero, and an
+entry once pruned is never revived: sparsity never decreases.
+
+- `prune_entries`: one global ranking over every regularized entry (Zhu &
+  Gupta, arXiv 1710.01878; LOBSTER's one global threshold, arXiv
+  2011.09905 Sec. 3.3): the `round(s * N)` lowest scores are zero.
+- `ChannelPruner`: whole neurons and conv channels (SeReNe, arXiv
+  2102.03773), counted over the free groups of `ks.slimming_plan` (not the
+  model's inputs or outputs, nor pinned groups; a coupled residual group is
+  one set of channels). A removed channel has its producing kernel slices
+  and its BatchNormalization `gamma` masked; its bias (and BN `beta`) stays,
+  since `ks.slim` folds the constant `act(b)` into the consumers exactly.
+  Each group keeps at least one channel.
+"""
+
+import numpy as np
+
+from keras_serene.core import masking as masks_lib
+from keras_serene.sensitivity import pruning_criteria
+
+
+def prune_entries(optimizer, variables, fraction, scores):
+    """Zeroes and masks the `round(fraction * N)` lowest-scored entries.
+
+    Entries already pruned count first (they stay pruned whatever their
+    score). Returns `(entries pruned in total, the highest score pruned)`.
+    """
+    pruned = [masks_lib.pruned(optimizer, v).ravel() for v in variables]
+    flat = np.concatenate(
+        [np.asarray(s, np.float64).ravel() for s in scores]
+    )
+    forced = np.concatenate(pruned)
+    total = flat.size
+    target = max(int(round(fraction * total)), int(forced.sum()))
+    if target == 0:
+        return 0, 0.0
+    flat = np.where(forced, -1.0, flat)
+    chosen = np.zeros(total, bool)
+    if target >= total:
+        chosen[:] = True
+    else:
+        chosen[np.argpartition(flat, target - 1)[:target]] = True
+    offset = 0
+    for variable, old in zip(variables, pruned):
+        size = old.size
+        where = chosen[offset : offset + size]
+        offset += size
+        if np.array_equal(where, old):
+            continue
+        masks_lib.add_flag(
+            optimizer,
+            variable,
+            masks_lib.PRUNED,
+            np.reshape(where, tuple(variable.shape)),
+            zero=True,
+        )
+    cut = float(np.max(flat[chosen])) if chosen.any() else 0.0
+    return int(chosen.sum()), max(cut, 0.0)
+
+
+def layer_paths(model, prefix=""):
+    """`{path: layer}` with nested models' layers as `"outer/inner"`."""
+    found = {}
+    for layer in model.layers:
+        path = prefix + layer.name
+        found[path] = layer
+        if hasattr(layer, "layers") and getattr(layer, "layers", None):
+            found.update(layer_paths(layer, path + "/"))
+    return found
+
+
+def _weight(layer, name):
+    for variable in layer.weights:
+        if variable.path.split("/")[-1] == name:
+            return variable
+    return None
+
+
+class _Slices:
+    """Positions of each channel of a group on one weight's axis."""
+
+    def __init__(self, variable, member, size):
+        self.variable = variable
+        self.axis = member.axis
+        self.positions = np.array(
+            [member.positions([c]) for c in range(size)], dtype=np.int64
+        )
+
+    def take(self, array):
+        """`[channels, repeats, ...]` slices of an array of the weight."""
+        return np.moveaxis(np.asarray(array), self.axis, 0)[self.positions]
+
+    def where(self, channels):
+        where = np.zeros(tuple(self.variable.shape), bool)
+        view = np.moveaxis(where, self.axis, 0)
+        view[self.positions[list(channels)].ravel()] = True
+        return where
+
+
+class _Group:
+    def __init__(self, group, kernels, gammas, biases):
+        self.id = group.id
+        self.size = group.size
+        self.sources = list(group.sources)
+        self.kernels = kernels
+        self.gammas = gammas
+        self.biases = biases
+
+
+class ChannelPruner:
+    """Removes a fraction of a model's prunable neurons and conv channels.
+
+    Args:
+        model: the compiled model.
+        optimizer: its `SensitivityOptimizer` (built).
+        plan: the model's `ks.slimming_plan` (read once, at train begin).
+    """
+
+    def __init__(self, model, optimizer, plan):
+        self.optimizer = optimizer
+        layers = layer_paths(model)
+        self.groups = []
+        for group in plan.groups:
+            if group.pinned or group.size < 2:
+                continue
+            kernels, gammas, biases = [], [], []
+            for member in group.members:
+                layer = layers.get(member.layer)
+                variable = None if layer is None else _weight(
+                    layer, member.weight
+                )
+                if variable is None or optimizer.mask_for(variable) is None:
+                    continue
+                if member.role == "produces" and member.weight != "bias":
+                    kernels.append(_Slices(variable, member, group.size))
+                elif member.role == "produces":
+                    biases.append(variable)
+                elif member.role == "channel" and member.weight == "gamma":
+                    gammas.append(_Slices(variable, member, group.size))
+            if kernels:
+                self.groups.append(_Group(group, kernels, gammas, biases))
+        self.total = sum(g.size for g in self.groups)
+
+    def removed(self):
+        """Per group, the boolean vector of removed channels."""
+        out = []
+        for group in self.groups:
+            gone = np.ones(group.size, bool)
+            for s in group.kernels:
+                taken = s.take(masks_lib.pruned(self.optimizer, s.variable))
+                gone &= taken.reshape(group.size, -1).all(axis=1)
+            out.append(gone)
+        return out
+
+    def scores(self, criterion, statistics):
+        """Per group, the criterion's score of each channel."""
+        out = []
+        for group in self.groups:
+            slices = []
+            for s in group.kernels:
+                value = s.take(s.variable.numpy())
+                if criterion == "taylor":
+                    value = value * s.take(statistics[id(s.variable)])
+                slices.append(value)
+            out.append(
+                pruning_criteria.channel_scores(
+                    criterion, slices, statistics, group.biases
+                )
+            )
+        return out
+
+    def prune_to(self, fraction, criterion, statistics=None):
+        """Removes channels until `round(fraction * total)` are gone.
+
+        Returns the number of channels removed in total.
+        """
+        removed = self.removed()
+        scores = self.scores(criterion, statistics)
+        target = int(round(fraction * self.total))
+        if criterion == "magnitude_global":
+            chosen = _global_choice(removed, scores, target)
+        else:
+            chosen = _per_group_choice(removed, scores, fraction, target)
+        for group, old, new in zip(self.groups, removed, chosen):
+            if np.array_equal(old, new):
+                continue
+            channels = np.flatnonzero(new)
+            for s in group.kernels + group.gammas:
+                masks_lib.add_flag(
+                    self.optimizer,
+                    s.variable,
+                    masks_lib.PRUNED,
+                    s.where(channels),
+                    zero=True,
+                )
+        return int(sum(c.sum() for c in chosen))
+
+
+def _lowest(scores, removed, count):
+    """`removed` plus the `count` lowest-scored channels not yet removed."""
+    new = removed.copy()
+    if count > 0:
+        candidates = np.flatnonzero(~removed)
+        order = candidates[np.argsort(scores[candidates], kind="stable")]
+        new[order[:count]] = True
+    return new
+
+
+def _per_group_choice(removed, scores, fraction, target):
+    """The same fraction from every group (largest remainders), >= 1 kept."""
+    sizes = np.array([len(r) for r in removed])
+    done = np.array([int(r.sum()) for r in removed])
+    caps = sizes - 1
+    exact = fraction * sizes
+    quota = np.minimum(np.floor(exact).astype(int), caps)
+    quota = np.maximum(quota, done)
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    for g in order:
+        if quota.sum() >= target:
+            break
+        if quota[g] < caps[g]:
+            quota[g] += 1
+    return [
+        _lowest(s, r, int(q - d))
+        for s, r, q, d in zip(scores, removed, quota, done)
+    ]
+
+
+def _global_choice(removed, scores, target):
+    """One ranking of layer-normalised scores; every group keeps one."""
+    done = sum(int(r.sum()) for r in removed)
+    entries = []
+    for g, (s, r) in enumerate(zip(scores, removed)):
+        alive = np.flatnonzero(~r)
+        rms = np.sqrt(np.mean(np.square(s[alive]))) if alive.size else 1.0
+        normalised = s / (rms if rms > 0 else 1.0)
+        best = alive[np.argmax(s[alive])] if alive.size else -1
+        for c in alive:
+            if c != best:
+                entries.append((normalised[c], g, c))
+    entries.sort(key=lambda e: e[0])
+    chosen = [r.copy() for r in removed]
+    for _, g, c in entries[: max(0, target - done)]:
+        chosen[g][c] = True
+    return chosen

@@ -1,0 +1,155 @@
+"""Ranking criteria of the budgeted pruning schedule.
+
+At each pruning step `ks.callbacks.SensitivityPruning(target_sparsity=...)`
+zeroes the lowest-scored entries (or, `structured=True`, neurons and conv
+channels) until the scheduled fraction is reached. The criteria:
+
+- `"magnitude"`: `|w|` per entry, one global threshold (LOBSTER's and
+  SeReNe's thresholding, arXiv 2011.09905 Sec. 3.3; Zhu & Gupta, arXiv
+  1710.01878, ranked globally). Structured: the L2 norm of a channel's
+  producing kernel slices, the same fraction removed from every layer
+  (Li et al., "Pruning filters for efficient ConvNets", arXiv 1608.08710).
+- `"magnitude_global"` (ours): structured only; the L2 norm divided by the
+  root-mean-square norm of its layer's remaining channels, ranked across all
+  layers, so layers lose different fractions. Unstructured: as `"magnitude"`.
+- `"taylor"` (ours): `|w| * S` with LOBSTER's sensitivity `S = |dL/dw|`
+  (arXiv 2011.09905, Eq. 6), i.e. the first-order Taylor saliency of
+  Molchanov et al. (arXiv 1611.06440, Eq. 8); structured: summed over the
+  channel's producing slices. `S` from the validation batches at each step.
+- `"serene"`: SeReNe's neuron sensitivity (arXiv 2102.03773, Eq. 5, one-pass
+  lower bound, `alpha_k = 1/K`, on the model outputs), rescaled per layer by
+  its maximum (the authors' NeuronLOBSTER `rescaled` option,
+  `EIDOSLAB/SeReNe` `src/utilities/pruning/sensitivity/`), accumulated over
+  the pruning steps. Structured: the channel's rescaled `S_n`; unstructured:
+  `|w| * S_n` of the neuron the weight feeds (ours). `S_n` is read from the
+  bias gradient of `mean_b sum_k y_k / K` (the batch-summed pre-activation
+  gradient, papers.md 3); a layer without bias gets `S_n = 1`.
+
+The data-driven criteria (`"taylor"`, `"serene"`) need TensorFlow and the
+callback's `validation_data`.
+"""
+
+import keras
+import numpy as np
+
+CRITERIA = ("magnitude", "magnitude_global", "taylor", "serene")
+DATA_CRITERIA = ("taylor", "serene")
+#: Batches and samples per batch the data criteria read per pruning step.
+MAX_BATCHES = 4
+BATCH_SIZE = 256
+
+
+def check_criterion(criterion):
+    if criterion not in CRITERIA:
+        raise ValueError(
+            "SensitivityPruning: `criterion` must be one of "
+            f"{CRITERIA}. Received criterion={criterion!r}"
+        )
+    return criterion
+
+
+def sample_batches(data):
+    """Up to `MAX_BATCHES` `(x, y)` numpy batches from a tuple or dataset."""
+    if isinstance(data, (tuple, list)):
+        x, y = data[0], data[1]
+        n = min(len(x), MAX_BATCHES * BATCH_SIZE)
+        return [
+            (x[i : i + BATCH_SIZE], y[i : i + BATCH_SIZE])
+            for i in range(0, n, BATCH_SIZE)
+        ]
+    batches = []
+    for batch in data:
+        batches.append((batch[0], batch[1]))
+        if len(batches) >= MAX_BATCHES:
+            break
+    return batches
+
+
+def gradient_statistics(model, batches, criterion):
+    """`{id(variable): numpy array}` of the criterion's data statistic.
+
+    `"taylor"`: the batch-mean `|dL/dw|` (mean over the sampled batches) of
+    every trainable variable. `"serene"`: `|d(mean_b sum_k y_bk / K)/db|`
+    for every bias, the neuron sensitivity lower bound.
+    """
+    import tensorflow as tf
+
+    variables = list(model.trainable_variables)
+    totals = [np.zeros(tuple(v.shape), np.float64) for v in variables]
+    for x, y in batches:
+        with tf.GradientTape() as tape:
+            outputs = model(x, training=False)
+            if criterion == "taylor":
+                scalar = model.compute_loss(x=x, y=y, y_pred=outputs)
+            else:
+                k = keras.ops.shape(outputs)[-1]
+                scalar = keras.ops.mean(keras.ops.sum(outputs, axis=-1)) / k
+        grads = tape.gradient(scalar, [v.value for v in variables])
+        for total, grad in zip(totals, grads):
+            if grad is not None:
+                value = keras.ops.convert_to_numpy(grad)
+                total += np.abs(value) if criterion == "taylor" else value
+    out = {}
+    for variable, total in zip(variables, totals):
+        out[id(variable)] = np.abs(total) / max(1, len(batches))
+    return out
+
+
+def entry_scores(criterion, variables, values, statistics, neuron_of):
+    """One score array per variable; low scores are pruned first.
+
+    Args:
+        criterion: one of `CRITERIA`.
+        variables: the regularized variables.
+        values: their numpy values.
+        statistics: `{id(variable): array}` (see `gradient_statistics`,
+            accumulated by the caller), or None for magnitude criteria.
+        neuron_of: callable `variable -> (bias variable, broadcast shape)`
+            or None: where a weight's neuron sensitivity lives (`"serene"`).
+    """
+    scores = []
+    for variable, value in zip(variables, values):
+        magnitude = np.abs(value)
+        if criterion in ("magnitude", "magnitude_global"):
+            scores.append(magnitude)
+        elif criterion == "taylor":
+            scores.append(magnitude * statistics[id(variable)])
+        else:
+            scores.append(
+                magnitude * neuron_sensitivity(variable, statistics, neuron_of)
+            )
+    return scores
+
+
+def neuron_sensitivity(variable, statistics, neuron_of):
+    """The rescaled `S_n` broadcast to `variable` (ones when unknown)."""
+    found = neuron_of(variable)
+    if found is None:
+        return np.ones(tuple(variable.shape))
+    bias, shape = found
+    s = statistics[id(bias)]
+    s = s / s.max() if s.max() > 0 else np.ones_like(s)
+    return np.reshape(s, shape)
+
+
+def channel_scores(criterion, slices, statistics, biases):
+    """Per-channel scores of one group from its producing kernel slices.
+
+    Args:
+        criterion: one of `CRITERIA`.
+        slices: list of numpy arrays `[channels, ...]`, one per producing
+            kernel of the group: the kernel values of each channel (for
+            `"taylor"`, already multiplied by `|dL/dw|`).
+        statistics: as in `entry_scores` (None for magnitude criteria).
+        biases: the group's producing bias variables (`"serene"`).
+    """
+    channels = len(slices[0])
+    flat = [np.reshape(s, (channels, -1)) for s in slices]
+    if criterion == "taylor":
+        return sum(np.sum(np.abs(s), axis=1) for s in flat)
+    if criterion == "serene":
+        found = [statistics[id(b)] for b in biases if id(b) in statistics]
+        if found:
+            s = np.max(found, axis=0)
+            return s / s.max() if s.max() > 0 else np.ones_like(s)
+    return np.sqrt(sum(np.sum(np.square(s), axis=1) for s in flat))
