@@ -22,6 +22,7 @@ import warnings
 import keras
 
 from keras_serene import KerasSereneWarning
+from keras_serene.sensitivity.degenerate import softmax_output_layer
 
 
 class Sensitivity:
@@ -113,44 +114,6 @@ class Sensitivity:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
-
-
-def _is_softmax(layer):
-    if isinstance(layer, keras.layers.Softmax):
-        return True
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None) == "softmax"
-
-
-def _output_layers(model):
-    """The layers of `model` whose output is one of the model's outputs."""
-    if isinstance(model, keras.Sequential):
-        return model.layers[-1:]
-    outputs = [id(t) for t in keras.tree.flatten(getattr(model, "outputs", []))]
-    found = []
-    for layer in model.layers:
-        try:
-            output = layer.output
-        except (AttributeError, ValueError):  # shared layer, several nodes
-            continue
-        if any(id(t) in outputs for t in keras.tree.flatten(output)):
-            found.append(layer)
-    return found
-
-
-def softmax_output_layer(model):
-    """The layer producing a softmax output of `model`, or None.
-
-    Looks through nested models; a subclassed model (no graph) gives None.
-    """
-    for layer in _output_layers(model):
-        if isinstance(layer, keras.Model):
-            inner = softmax_output_layer(layer)
-            if inner is not None:
-                return inner
-        elif _is_softmax(layer):
-            return layer
-    return None
 
 
 def serialize(estimator):

@@ -11,7 +11,8 @@ hooks, `EIDOSLAB/SeReNe`, `src/utilities/train.py`, `optimizer_steps`).
 `keras.Model` that shares `model`'s layers and weights and whose
 `train_step` computes the training gradient, hands the estimator the outputs,
 the labels, the pre-activations (from `keras_serene.core.preactivations`),
-its optimizer state and the tape, and passes the result to the optimizer explicitly,
+its optimizer state and the tape, and passes the result to the optimizer
+explicitly,
 
     optimizer.apply(grads, variables, sensitivities=S)
 
@@ -28,6 +29,8 @@ from keras import ops
 from keras_serene.core import distribute as _distribute
 from keras_serene.core import neurons as neurons_lib
 from keras_serene.core import preactivations as preactivations_lib
+from keras_serene.sensitivity.degenerate import SensitivityPeaks
+from keras_serene.sensitivity.degenerate import SensitivityWatch
 from keras_serene.sensitivity.sensitivity_optimizer import SensitivityOptimizer
 from keras_serene.sensitivity.sensitivity_optimizer import is_regularized
 
@@ -104,10 +107,11 @@ class ModelPass:
 class _Plan:
     """What `compile` prepared for the train step (kept out of tracking)."""
 
-    def __init__(self, estimator, probe, weights):
+    def __init__(self, estimator, probe, weights, peaks):
         self.estimator = estimator
         self.probe = probe
         self.weights = weights
+        self.peaks = peaks
 
     def preactivations(self, zs):
         """`(layer, z, [NeuronWeight])` for each probed layer."""
@@ -193,7 +197,21 @@ class SensitivityModel(keras.Model):
         `ks.SensitivityOptimizer`. Also checks that the estimator can handle
         the model, and prepares the pre-activation probe."""
         super().compile(optimizer=optimizer, **kwargs)
-        self._plan_holder.plan = self._prepare(self.optimizer)
+        self._plan_holder.plan = self._prepare(self.optimizer, watch=True)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, plus a check that warns once per layer whose
+        sensitivity stayed zero for a whole epoch
+        (`keras_serene.sensitivity.degenerate`)."""
+        plan = self._plan_holder.plan
+        if plan is not None and plan.peaks is not None:
+            watch = SensitivityWatch(plan.peaks, plan.estimator)
+            args = list(args)
+            if len(args) > 5:  # fit(x, y, batch_size, epochs, verbose, cbs)
+                args[5] = [*(args[5] or []), watch]
+            else:
+                kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), watch]
+        return super().fit(*args, **kwargs)
 
     def compile_from_config(self, config):
         """Compiles from `get_compile_config()` (used by `.keras` loading)."""
@@ -202,7 +220,7 @@ class SensitivityModel(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def _prepare(self, optimizer):
+    def _prepare(self, optimizer, watch=False):
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             raise ValueError(
                 "SensitivityModel does not support loss scaling (the "
@@ -240,7 +258,12 @@ class SensitivityModel(keras.Model):
                 id(layer): ws
                 for layer, ws in neurons_lib.neuron_layers(self.model)
             }
-        return _Plan(estimator, probe, weights)
+        peaks = (
+            SensitivityPeaks(regularized)
+            if watch and estimator.requires_model and optimizer.decay > 0
+            else None
+        )
+        return _Plan(estimator, probe, weights, peaks)
 
     def train_step(self, data):
         import tensorflow as tf
@@ -295,6 +318,8 @@ class SensitivityModel(keras.Model):
                 optimizer.sensitivity_state,
             )
             sensitivities = estimator.from_model(model_pass)
+            if plan.peaks is not None:
+                plan.peaks.update(variables, sensitivities)
         del tape
         optimizer.apply(grads, variables, sensitivities=sensitivities)
         self._track_loss(loss, x, num_replicas)

@@ -267,3 +267,34 @@ MIRRORED = """
 
 def test_mirrored_strategy_matches_single_device():
     run_on_two_cpus(MIRRORED)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        ks.sensitivity.OutputSensitivity(),
+        ks.sensitivity.NeuronSensitivity("lower_bound"),
+    ],
+)
+def test_a_layer_whose_sensitivity_stays_zero_is_named_once(estimator):
+    from keras_serene import KerasSereneWarning
+
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(5, activation="relu", name="cut")(inputs)
+    outputs = keras.layers.Dense(3, name="head")(h)
+    model = keras.Model(inputs, outputs)
+    head = model.get_layer("head")
+    head.kernel.assign(np.zeros(head.kernel.shape, "float32"))
+    # With lr 0 the head's kernel stays 0: `cut` no longer reaches the output.
+    trainer = ks.SensitivityModel(model)
+    trainer.compile(
+        optimizer=ks.SensitivityOptimizer(
+            keras.optimizers.SGD(0.0), sensitivity=estimator, decay=0.1
+        ),
+        loss=LOSS,
+    )
+    with pytest.warns(KerasSereneWarning, match="layer 'cut' stayed 0") as got:
+        trainer.fit(X, Y, epochs=3, batch_size=16, verbose=0)
+    named = [str(w.message) for w in got if "stayed 0" in str(w.message)]
+    assert len(named) == 1  # once, not per epoch; `head` is not named
+    assert "'head'" not in named[0]
