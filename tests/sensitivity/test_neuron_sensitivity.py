@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from harness import assert_config_round_trip
 
 import keras_serene as ks
 from keras_serene import KerasSereneWarning
@@ -420,9 +421,7 @@ def test_registered_name_and_config_round_trip():
     original = ks.sensitivity.NeuronSensitivity("loss", momentum=0.5)
     config = original.get_config()
     assert config == {"estimator": "loss", "momentum": 0.5}
-    again = ks.sensitivity.deserialize(ks.sensitivity.serialize(original))
-    assert isinstance(again, ks.sensitivity.NeuronSensitivity)
-    assert again.get_config() == config
+    again = assert_config_round_trip(original)
     assert not again.uses_extra_pass and again.needs_loss_gradients
 
 

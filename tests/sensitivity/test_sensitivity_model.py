@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 import pytest
+from harness import assert_config_round_trip
+from harness import assert_saving_round_trip
 from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
@@ -119,13 +121,7 @@ def test_keras_round_trip_of_the_trained_model(tmp_path):
     trainer = ks.SensitivityModel(model)
     trainer.compile(optimizer=optimizer(), loss=LOSS)
     trainer.fit(X, Y, epochs=1, batch_size=16, verbose=0)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert type(loaded) is type(model)
-    np.testing.assert_allclose(
-        loaded.predict(X, verbose=0), model.predict(X, verbose=0), rtol=1e-6
-    )
+    assert_saving_round_trip(model, X, tmp_path)
 
 
 def test_keras_round_trip_of_the_sensitivity_model(tmp_path):
@@ -141,13 +137,7 @@ def test_keras_round_trip_of_the_sensitivity_model(tmp_path):
     where = np.zeros(kernel.shape, bool)
     where[0] = True
     masks.set_flag(opt, kernel, masks.PRUNED, where, zero=True)
-    path = str(tmp_path / "trainer.keras")
-    trainer.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded, ks.SensitivityModel)
-    np.testing.assert_allclose(
-        loaded.predict(X, verbose=0), trainer.predict(X, verbose=0), rtol=1e-6
-    )
+    loaded = assert_saving_round_trip(trainer, X, tmp_path, "trainer.keras")
     loaded_opt = masks.mask_optimizer(loaded)
     assert loaded_opt.sensitivity.get_config() == {
         "estimator": "loss",
@@ -164,14 +154,8 @@ def test_keras_round_trip_of_the_sensitivity_model(tmp_path):
 
 def test_config_round_trip():
     trainer = ks.SensitivityModel(sequential(), name="trainer")
-    config = trainer.get_config()
-    restored = ks.SensitivityModel.from_config(config)
-    assert restored.name == "trainer"
-    assert restored.get_config() == config
-    again = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(trainer)
-    )
-    assert isinstance(again, ks.SensitivityModel)
+    again = assert_config_round_trip(trainer)
+    assert again.name == "trainer"
     assert again.model.get_config() == trainer.model.get_config()
 
 
