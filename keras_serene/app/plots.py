@@ -14,20 +14,35 @@ touched; pass `path=` to save a PNG, or call `fig.savefig` yourself.
   `x`, `a/b` with `a` (so `psp_entropy/conv1` and `psp_entropy/fc1` share a
   panel). Known keys come first, in this order: accuracy, loss, sparsity,
   compression, pruning_threshold, alive_neurons, frozen_fraction,
-  psp_entropy.
-- `plot_accuracy_vs_compression(runs)`: accuracy against compression ratio
-  `|theta| / |theta != 0|` (LOBSTER, arXiv:2011.09905), one point
-  (or line, for a list of values) per run; the x axis is logarithmic when
-  the ratios span more than a factor 10.
+  psp_entropy. `baseline=` overlays a dense run's history (dashed) on the
+  panels they share. Fractions (accuracy, sparsity, alive neurons, frozen
+  fraction, when in [0, 1]) are drawn on percent axes.
+- `plot_accuracy_vs_compression(runs)` (in `keras_serene.app.tradeoff`,
+  re-exported here): accuracy (percent) against the compression ratio, one point (or line, for a list of values) per run. One
+  basis for every run: `compression = dense parameters / nonzero parameters`
+  of the network as deployed (LOBSTER's `|theta| / |theta != 0|`,
+  arXiv:2011.09905, with the dense network's `|theta|` as numerator), so a
+  slimmed network sits where its pruned parent sits: slimming removes only
+  zeros. `compression_ratios` computes it from `params`/`nonzero`. Points
+  that coincide share one label ("pruned = slim"); close ones get stacked
+  labels, so labels never overlap. The x axis is logarithmic when the
+  ratios span more than a factor 10.
 """
 
-import importlib
 import math
 from collections.abc import Mapping
 
 import numpy as np
 
-INSTALL_HINT = "pip install keras-serene[plots]"
+from keras_serene.app.figures import INSTALL_HINT  # noqa: F401
+from keras_serene.app.figures import finish as _finish
+from keras_serene.app.figures import grid as _grid
+from keras_serene.app.figures import ticker as _ticker
+from keras_serene.app.tradeoff import compression_ratios  # noqa: F401
+from keras_serene.app.tradeoff import label_clusters  # noqa: F401
+from keras_serene.app.tradeoff import percent_formatter
+from keras_serene.app.tradeoff import plot_accuracy_vs_compression  # noqa: F401
+
 KNOWN_GROUPS = (
     "accuracy",
     "loss",
@@ -38,6 +53,14 @@ KNOWN_GROUPS = (
     "frozen_fraction",
     "psp_entropy",
 )
+#: Groups whose values are fractions: percent axes when within [0, 1].
+FRACTION_GROUPS = ("accuracy", "sparsity", "alive_neurons", "frozen_fraction")
+#: Panel titles that say what the number is.
+TITLES = {
+    "sparsity": "sparsity (weights at zero)",
+    "alive_neurons": "alive neurons",
+    "frozen_fraction": "frozen neurons",
+}
 
 
 def plot_psp_entropy(result, bins=30, path=None, title=None):
@@ -94,7 +117,7 @@ def plot_psp_entropy(result, bins=30, path=None, title=None):
     return _finish(fig, axes, len(layer_names), path, title)
 
 
-def plot_history(history, keys=None, path=None, title=None):
+def plot_history(history, keys=None, path=None, title=None, baseline=None):
     """Per-epoch training logs against the epoch, one panel per quantity.
 
     Example:
@@ -117,11 +140,15 @@ def plot_history(history, keys=None, path=None, title=None):
             Defaults to `None`.
         path: String or `None`. Where to save a PNG. Defaults to `None`.
         title: String or `None`. Figure title. Defaults to `None`.
+        baseline: A dense run's history (same forms as `history`) or
+            `None`. Drawn dashed, labelled `dense: <key>`, on the panels it
+            shares with `history`. Defaults to `None`.
 
     Returns:
         The `matplotlib.figure.Figure`.
     """
     series = history_series(history)
+    base = {} if baseline is None else history_series(baseline)
     if keys is not None:
         if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
             raise TypeError(
@@ -146,97 +173,43 @@ def plot_history(history, keys=None, path=None, title=None):
     groups = _groups(series)
     fig, axes = _grid(len(groups))
     for ax, (group, members) in zip(axes, groups.items(), strict=False):
+        prefix = "pruned: " if base else ""
         for key in members:
-            values = series[key]
-            epochs = np.arange(1, len(values) + 1)
-            finite = np.isfinite(values)
-            style = "o-" if finite.sum() < 2 or not finite.all() else "-"
-            ax.plot(
-                epochs[finite], values[finite], style, markersize=3, label=key
-            )
-        ax.set_title(group, fontsize=9)
+            _plot_series(ax, series[key], "-", prefix + key)
+        shared = [k for k in sorted(base, key=_member_order) if k in members]
+        for key in shared:
+            _plot_series(ax, base[key], "--", "dense: " + key, alpha=0.8)
+        ax.set_title(TITLES.get(group, group), fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
         if group == "pruning_threshold" and _spans_decades(series, members):
             ax.set_yscale("log")
-        if len(members) > 1:
+        values = np.concatenate(
+            [series[k] for k in members] + [base[k] for k in shared]
+        )
+        values = values[np.isfinite(values)]
+        if group in FRACTION_GROUPS and values.min() >= 0 and values.max() <= 1:
+            if group != "accuracy":
+                ax.set_ylim(-0.03, 1.03)  # 0-100%: a flat 100% reads so
+                values = np.array([0.0, 1.0])
+            ax.yaxis.set_major_formatter(percent_formatter(values))
+        if len(members) + len(shared) > 1:
             ax.legend(fontsize=7)
     return _finish(fig, axes, len(groups), path, title)
 
 
-def plot_accuracy_vs_compression(runs, path=None, title=None):
-    """Accuracy against compression ratio, one marker or line per run.
-
-    Example:
-
-    ```python
-    from keras_serene.app import plots
-
-    plots.plot_accuracy_vs_compression([
-        {"name": "LOBSTER", "accuracy": 0.91, "compression": 12.5},
-        {"name": "one-shot", "accuracy": 0.88, "compression": 12.5},
-    ], path="tradeoff.png")
-    ```
-
-    Args:
-        runs: List of dicts with `"name"` (string), `"accuracy"` and
-            `"compression"` (numbers, or equal-length lists for a
-            trajectory). Compression is `|theta| / |theta != 0|` (>= 1).
-        path: String or `None`. Where to save a PNG. Defaults to `None`.
-        title: String or `None`. Figure title. Defaults to `None`.
-
-    Returns:
-        The `matplotlib.figure.Figure`.
-    """
-    if not isinstance(runs, (list, tuple)) or not runs:
-        raise ValueError(
-            "plot_accuracy_vs_compression: `runs` must be a non-empty list "
-            f"of dicts. Received: {runs!r}"
-        )
-    points = []
-    for i, run in enumerate(runs):
-        if not isinstance(run, Mapping) or not {
-            "accuracy",
-            "compression",
-        } <= set(run):
-            raise ValueError(
-                "plot_accuracy_vs_compression: run "
-                f"{i} must be a dict with 'accuracy' and 'compression'. "
-                f"Received: {run!r}"
-            )
-        acc = np.atleast_1d(np.asarray(run["accuracy"], dtype=float))
-        comp = np.atleast_1d(np.asarray(run["compression"], dtype=float))
-        if acc.shape != comp.shape or not np.all(np.isfinite(comp)):
-            raise ValueError(
-                "plot_accuracy_vs_compression: run "
-                f"{run.get('name', i)!r} needs finite compression values and "
-                "as many accuracies as compressions. Received "
-                f"accuracy={run['accuracy']!r}, "
-                f"compression={run['compression']!r}"
-            )
-        points.append((str(run.get("name", f"run {i}")), comp, acc))
-    fig, axes = _grid(1, columns=1, size=(6.0, 4.0))
-    ax = axes[0]
-    for name, comp, acc in points:
-        ax.plot(comp, acc, "o-" if len(comp) > 1 else "o", label=name)
-        if len(comp) == 1:
-            ax.annotate(
-                name,
-                (comp[0], acc[0]),
-                fontsize=8,
-                textcoords="offset points",
-                xytext=(4, 4),
-            )
-    all_comp = np.concatenate([comp for _, comp, _ in points])
-    if all_comp.min() > 0 and all_comp.max() > 10 * all_comp.min():
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(_ticker().FormatStrFormatter("%g"))
-    ax.set_xlabel("compression ratio |θ| / |θ ≠ 0|")
-    ax.set_ylabel("accuracy")
-    ax.margins(x=0.15, y=0.08)  # room for the point labels
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _finish(fig, axes, 1, path, title)
+def _plot_series(ax, values, line, label, alpha=1.0):
+    epochs = np.arange(1, len(values) + 1)
+    finite = np.isfinite(values)
+    style = "o" + line if finite.sum() < 2 or not finite.all() else line
+    ax.plot(
+        epochs[finite],
+        values[finite],
+        style,
+        markersize=3,
+        label=label,
+        alpha=alpha,
+    )
 
 
 def history_series(history):
@@ -335,38 +308,3 @@ def _psp_layers(result):
             )
         layers[str(name)] = h
     return layers
-
-
-def _matplotlib(module):
-    """Imports `matplotlib.<module>`, naming the extra when it is missing."""
-    try:
-        return importlib.import_module(f"matplotlib.{module}")
-    except ImportError as e:
-        raise ImportError(
-            "keras_serene.app.plots needs matplotlib, an optional extra: "
-            f"`{INSTALL_HINT}` (or `pip install matplotlib`)."
-        ) from e
-
-
-def _ticker():
-    return _matplotlib("ticker")
-
-
-def _grid(count, columns=3, size=(4.0, 3.0)):
-    columns = max(1, min(columns, count))
-    rows = max(1, math.ceil(count / columns))
-    fig = _matplotlib("figure").Figure(
-        figsize=(size[0] * columns, size[1] * rows), layout="constrained"
-    )
-    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
-    return fig, list(axes)
-
-
-def _finish(fig, axes, used, path, title):
-    for ax in axes[used:]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig

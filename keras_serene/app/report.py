@@ -15,22 +15,38 @@ The JSON schema read (every key optional; unknown keys are ignored):
     "sparsity": [...], "pruning_threshold": [...], "alive_neurons": [...],
     "frozen_fraction": [...], "psp_entropy/<layer>": [...], ...
   },
+  "baseline_history": {...},             # the dense run's History.history
   "runs": [                              # one entry per compared run
+    {"name": "dense", "accuracy": 0.92, "params": 50610, "nonzero": 50604},
+    {"name": "pruned", "accuracy": 0.91, "params": 50610, "nonzero": 4800},
     {"name": "LOBSTER", "accuracy": 0.91, "compression": 12.5},
-    {"name": "dense", "accuracy": 0.92, "sparsity": 0.0},
     ...
   ],
+  "reference_params": 50610,             # dense params (default: the run
+                                         #   named "dense", else the largest)
+  "latency": {"dense": {"ratio": 1.0, "ratio_min": 1.0, ...}, ...},
+                                         # ks.export.latency_ratios(...)
   "psp_entropy": {"<layer>": [H_i, ...]}            # or {"<layer>":
                                                     #   {"entropy": [...]}},
                  or {"<run>": {"<layer>": [...]}}   # runs overlaid
 }
 ```
 
+Compression has one basis, `dense params / nonzero params` of each network
+as deployed (`keras_serene.app.tradeoff`): a run with `nonzero` gets
+`reference_params / nonzero`, whatever `compression` it carries (a network's
+own total would put a slimmed network left of its pruned parent although
+they are the same function). `baseline_history` is drawn dashed beside
+`history`; `latency` (the dict `ks.export.latency_ratios` returns) is
+printed by `main` as ratios to the dense model with their min-max spread
+(`format_latency_table`), never as single timings.
+
 Tolerance: a `history` entry that is not a list of numbers (`null` allowed
 as a gap) is skipped; a run without `accuracy` is skipped; a run without
-`compression` gets `1 / (1 - sparsity)` when it has `sparsity` < 1, and is
-skipped otherwise. Skipped items are returned by `read_report` as notes and
-printed by `main`. A report with none of the three sections is an error.
+`nonzero` or `compression` gets `1 / (1 - sparsity)` when it has `sparsity`
+< 1, and is skipped otherwise. Skipped items are returned by `read_report`
+as notes and printed by `main`. A report with none of the three sections
+is an error.
 
 Files written, for a report `<stem>.json` (`report` for a dict):
 `<stem>_history.png`, `<stem>_accuracy_vs_compression.png`,
@@ -51,6 +67,7 @@ import sys
 from collections.abc import Mapping
 
 from keras_serene.app import plots
+from keras_serene.app import tradeoff
 
 SECTIONS = ("history", "runs", "psp_entropy")
 
@@ -58,8 +75,9 @@ SECTIONS = ("history", "runs", "psp_entropy")
 def read_report(report):
     """Loads a report and returns `(sections, title, notes)`.
 
-    `sections` maps each of `"history"`, `"runs"`, `"psp_entropy"` that has
-    usable data to that data (runs cleaned up as the module docstring says);
+    `sections` maps each of `"history"`, `"runs"`, `"psp_entropy"` (and
+    `"baseline_history"`) that has usable data to that data (runs cleaned
+    up as the module docstring says);
     `title` is the report's `"name"` (else the file stem, else `"report"`);
     `notes` lists what was skipped and why.
 
@@ -94,7 +112,14 @@ def read_report(report):
             sections["history"] = series
     elif history is not None:
         notes.append("history: not a dict of per-epoch lists, skipped")
-    runs = _clean_runs(report.get("runs"), notes)
+    baseline = report.get("baseline_history")
+    if isinstance(baseline, Mapping) and plots.history_series(baseline):
+        sections["baseline_history"] = plots.history_series(baseline)
+    elif baseline is not None:
+        notes.append("baseline_history: no per-epoch series, skipped")
+    runs = _clean_runs(
+        report.get("runs"), notes, report.get("reference_params")
+    )
     if runs:
         sections["runs"] = runs
     psp = report.get("psp_entropy")
@@ -141,7 +166,7 @@ def write_report(report, out_dir=None):
         if isinstance(report, (str, os.PathLike))
         else "report"
     )
-    if not sections:
+    if not set(sections) & set(SECTIONS):
         raise ValueError(
             "write_report: the report has none of the sections "
             f"{list(SECTIONS)} with usable data."
@@ -150,7 +175,12 @@ def write_report(report, out_dir=None):
     paths = []
     if "history" in sections:
         path = os.path.join(out_dir, f"{stem}_history.png")
-        plots.plot_history(sections["history"], path=path, title=title)
+        plots.plot_history(
+            sections["history"],
+            path=path,
+            title=title,
+            baseline=sections.get("baseline_history"),
+        )
         paths.append(path)
     if "runs" in sections:
         path = os.path.join(out_dir, f"{stem}_accuracy_vs_compression.png")
@@ -192,33 +222,99 @@ def main(argv=None):
         return 2
     for note in notes:
         print(f"note: {note}")
+    latency = _latency_section(args.report)
+    if latency:
+        print(format_latency_table(latency))
     for path in paths:
         print(path)
     return 0
 
 
-def _clean_runs(runs, notes):
+def format_latency_table(latency):
+    """The latency table: ratio to the reference with min-max, then ms.
+
+    Args:
+        latency: The dict `ks.export.latency_ratios` returns (name -> dict
+            with `ratio`, `ratio_min`, `ratio_max`, `latency_ms`,
+            `latency_ms_min`, `latency_ms_max`, `repeats`, `reference`).
+    """
+    first = next(iter(latency.values()))
+    header = (
+        f"{'model':<10}{'latency / ' + first['reference']:>18}"
+        f"{'min-max':>14}{'median ms':>12}{'min-max ms':>20}"
+    )
+    lines = [header, "-" * len(header)]
+    for name, r in latency.items():
+        spread = f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}"
+        ms = f"{r['latency_ms_min']:.4f}-{r['latency_ms_max']:.4f}"
+        lines.append(
+            f"{name:<10}{r['ratio']:>18.2f}{spread:>14}"
+            f"{r['latency_ms']:>12.4f}{ms:>20}"
+        )
+    lines.append(
+        f"single-thread LiteRT, batch of one; {first['repeats']} interleaved "
+        "repeats; compare the ratios, absolute times vary by machine and load"
+    )
+    return "\n".join(lines)
+
+
+def _latency_section(path):
+    with open(path, encoding="utf-8") as f:
+        latency = json.load(f).get("latency")
+    keys = ("ratio", "ratio_min", "ratio_max", "latency_ms", "reference")
+    if (
+        isinstance(latency, Mapping)
+        and latency
+        and all(
+            isinstance(r, Mapping) and all(k in r for k in keys)
+            for r in latency.values()
+        )
+    ):
+        return latency
+    return None
+
+
+def _clean_runs(runs, notes, reference_params=None):
     if runs is None:
         return []
     if not isinstance(runs, (list, tuple)):
         notes.append("runs: not a list, skipped")
         return []
+    counted = [
+        r
+        for r in runs
+        if isinstance(r, Mapping) and _is_number(r.get("nonzero"))
+    ]
+    if counted:
+        if reference_params is None and not any(
+            _is_number(r.get("params")) for r in counted
+        ):
+            reference_params = max(r["nonzero"] for r in counted)
+        ratios = tradeoff.compression_ratios(counted, reference_params)
+        basis = {id(r): c for r, c in zip(counted, ratios, strict=True)}
+    else:
+        basis = {}
     clean = []
     for i, run in enumerate(runs):
         label = run.get("name", f"run {i}") if isinstance(run, Mapping) else i
         if not isinstance(run, Mapping) or "accuracy" not in run:
             notes.append(f"runs: {label!r} has no 'accuracy', skipped")
             continue
-        compression = run.get("compression")
+        compression = basis.get(id(run), run.get("compression"))
         if compression is None and _is_number(run.get("sparsity")):
             if run["sparsity"] < 1:
                 compression = 1.0 / (1.0 - run["sparsity"])
         if not _is_number(compression) or not _is_number(run["accuracy"]):
             notes.append(
-                f"runs: {label!r} needs numeric 'accuracy' and 'compression' "
-                "(or 'sparsity' < 1), skipped"
+                f"runs: {label!r} needs numeric 'accuracy' and 'nonzero' "
+                "(or 'compression', or 'sparsity' < 1), skipped"
             )
             continue
+        if basis and id(run) not in basis:
+            notes.append(
+                f"runs: {label!r} has no 'nonzero'; its compression is "
+                "taken as given, maybe on another basis"
+            )
         clean.append(
             {
                 "name": str(label),

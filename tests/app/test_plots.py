@@ -72,7 +72,7 @@ def test_history_panels_from_dict_and_history_object(tmp_path):
     assert _titles(fig) == [
         "accuracy",
         "loss",
-        "sparsity",
+        "sparsity (weights at zero)",
         "pruning_threshold",
         "psp_entropy",
         "learning_rate",
@@ -91,7 +91,7 @@ def test_history_panels_from_dict_and_history_object(tmp_path):
     assert _titles(plots.plot_history(history)) == ["loss"]
     report = {"history": HISTORY}
     fig = plots.plot_history(report, keys=["accuracy", "sparsity"])
-    assert _titles(fig) == ["accuracy", "sparsity"]
+    assert _titles(fig) == ["accuracy", "sparsity (weights at zero)"]
 
 
 def test_history_errors():
@@ -132,8 +132,99 @@ def test_accuracy_vs_compression(tmp_path):
         plots.plot_accuracy_vs_compression([])
 
 
+def test_history_with_dense_baseline_and_percent_axes(tmp_path):
+    path = tmp_path / "history.png"
+    pruned = {
+        "accuracy": [0.5, 0.8],
+        "val_accuracy": [0.4, 0.7],
+        "sparsity": [0.0, 0.9],
+        "alive_neurons": [1.0, 1.0],
+        "loss": [1.0, 0.5],
+    }
+    dense = {
+        "accuracy": [0.6, 0.9],
+        "val_accuracy": [0.5, 0.8],
+        "loss": [1, 0.4],
+    }
+    fig = plots.plot_history(pruned, path=str(path), baseline=dense)
+    _assert_png(path)
+    accuracy, loss, sparsity, alive = fig.axes[:4]
+    assert [line.get_label() for line in accuracy.get_lines()] == [
+        "pruned: accuracy",
+        "pruned: val_accuracy",
+        "dense: accuracy",
+        "dense: val_accuracy",
+    ]
+    assert [line.get_linestyle() for line in accuracy.get_lines()] == [
+        "-",
+        "-",
+        "--",
+        "--",
+    ]
+    np.testing.assert_array_equal(
+        accuracy.get_lines()[2].get_ydata(), [0.6, 0.9]
+    )
+    assert len(sparsity.get_lines()) == 1  # The dense run has no sparsity.
+    # Fractions on percent axes; a flat 100% alive is drawn on 0-100%.
+    formatter = sparsity.yaxis.get_major_formatter()
+    assert formatter.__class__.__name__ == "PercentFormatter"
+    assert formatter(0.9, 0) == "90%"
+    assert alive.get_ylim()[0] < 0.0 and alive.get_ylim()[1] > 1.0
+    assert alive.get_title() == "alive neurons"
+    fmt = loss.yaxis.get_major_formatter()
+    assert fmt.__class__.__name__ != "PercentFormatter"
+
+
+def test_label_clusters_merge_coinciding_and_stack_close_points():
+    points = [
+        ("dense", 1.0, 0.97),
+        ("pruned", 2.6, 0.969),
+        ("slim", 2.6, 0.969),
+        ("other", 2.61, 0.9692),  # close but not equal: stacked
+        ("far", 1.8, 0.95),
+    ]
+    labels = plots.label_clusters(points)
+    texts = [text for text, _, _ in labels]
+    assert texts == ["dense", "pruned = slim\nother", "far"]
+    # Placed at the highest point of its cluster.
+    assert labels[1][1:] == (2.61, 0.9692)
+
+
+def test_coinciding_points_get_one_label(tmp_path):
+    runs = [
+        {"name": "dense", "accuracy": 0.9665, "compression": 1.0},
+        {"name": "pruned", "accuracy": 0.9693, "compression": 2.6},
+        {"name": "slim", "accuracy": 0.9693, "compression": 2.6},
+    ]
+    fig = plots.plot_accuracy_vs_compression(runs, path=str(tmp_path / "a.png"))
+    ax = fig.axes[0]
+    texts = sorted(child.get_text() for child in ax.texts)
+    assert texts == ["dense", "pruned = slim"]
+    assert ax.get_xlabel().startswith("compression = dense params / nonzero")
+    assert ax.yaxis.get_major_formatter()(0.97, 0).startswith("97")
+    assert ax.yaxis.get_major_formatter()(0.97, 0).endswith("%")
+
+
+def test_compression_ratios_one_basis():
+    # Same nonzero count: same compression, whatever each network's size.
+    runs = [
+        {"name": "dense", "params": 1000, "nonzero": 1000},
+        {"name": "pruned", "params": 1000, "nonzero": 125},
+        {"name": "slim", "params": 400, "nonzero": 125},
+    ]
+    assert plots.compression_ratios(runs) == [1.0, 8.0, 8.0]
+    assert plots.compression_ratios(runs, reference_params=500) == [
+        0.5,
+        4.0,
+        4.0,
+    ]
+    with pytest.raises(ValueError, match="reference_params=0"):
+        plots.compression_ratios([{"name": "a", "nonzero": 3}])
+
+
 def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.ticker", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"keras-serene\[plots\]"):
         plots.plot_psp_entropy(PSP_RESULT)

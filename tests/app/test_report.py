@@ -1,4 +1,4 @@
-"""Tests for keras_serene.app.report: JSON report -> PNG figures, and its CLI."""
+"""keras_serene.app.report: JSON report -> PNG figures, and its CLI."""
 
 import json
 
@@ -104,3 +104,137 @@ def test_main_cli(tmp_path, capsys):
     bad.write_text("{not json")
     assert report.main([str(bad)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+# The demo's runs as it writes them: each network's own `compression`
+# (params / nonzero) put the slim network left of the pruned one.
+DEMO_RUNS = [
+    {
+        "name": "dense",
+        "params": 50610,
+        "nonzero": 50604,
+        "accuracy": 0.9666,
+        "compression": 1.0001,
+    },
+    {
+        "name": "pruned",
+        "params": 50610,
+        "nonzero": 6766,
+        "accuracy": 0.9694,
+        "compression": 7.48,
+    },
+    {
+        "name": "slim",
+        "params": 32900,
+        "nonzero": 6766,
+        "accuracy": 0.9694,
+        "compression": 4.86,
+    },
+]
+
+
+def test_slim_sits_on_the_pruned_point_when_they_are_the_same_network():
+    sections, _, notes = report.read_report({"runs": DEMO_RUNS})
+    runs = {r["name"]: r["compression"] for r in sections["runs"]}
+    # One basis: dense params / nonzero params, 50610 / 6766 = 7.48x both.
+    assert runs["slim"] == runs["pruned"] == pytest.approx(50610 / 6766)
+    assert runs["dense"] == pytest.approx(50610 / 50604)
+    assert notes == []
+
+
+def test_slim_and_pruned_from_a_real_network_share_a_point():
+    import keras
+
+    import keras_serene as ks
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, activation="relu", name="h"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+    hidden = model.get_layer("h")
+    kernel, bias = hidden.get_weights()
+    kernel[:, :2], bias[:2] = 0.0, 0.0  # two dead neurons
+    kernel[0, 4] = 0.0  # and one unstructured zero
+    hidden.set_weights([kernel, bias])
+    out = model.get_layer("out")
+    w, b = out.get_weights()
+    w[:2] = 0.0  # nothing reads the dead neurons
+    out.set_weights([w, b])
+    slim = ks.slim(model)
+    runs = []
+    for name, net in (("pruned", model), ("slim", slim)):
+        total = ks.summary(net, print_fn=False)["total"]
+        runs.append(
+            {"name": name, "accuracy": 0.5, **total, "params": total["params"]}
+        )
+    assert runs[1]["params"] < runs[0]["params"]  # slim is smaller
+    assert runs[1]["nonzero"] == runs[0]["nonzero"]  # same nonzero weights
+    dense_params = 6 * 5 + 5 + 5 * 3 + 3
+    sections, _, _ = report.read_report(
+        {"runs": runs, "reference_params": dense_params}
+    )
+    pruned, slim_run = sections["runs"]
+    assert slim_run["compression"] == pruned["compression"]
+    # Nonzero by hand (biases start at zero): hidden kernel 30 - 12 - 1,
+    # output kernel 15 - 6; the slim one keeps the same 17 + 9.
+    assert runs[0]["nonzero"] == 26
+    assert pruned["compression"] == pytest.approx(53 / 26)
+
+
+def test_baseline_history_is_drawn_beside_the_run(tmp_path):
+    data = {
+        "history": {"accuracy": [0.5, 0.8], "sparsity": [0.0, 0.5]},
+        "baseline_history": {"accuracy": [0.6, 0.9]},
+    }
+    sections, _, _ = report.read_report(data)
+    assert list(sections["baseline_history"]) == ["accuracy"]
+    (path,) = report.write_report(data, tmp_path)
+    _assert_png(path)
+    with pytest.raises(ValueError, match="none of the sections"):
+        report.write_report({"baseline_history": {"loss": [1.0]}}, tmp_path)
+
+
+LATENCY = {
+    "dense": {
+        "ratio": 1.0,
+        "ratio_min": 1.0,
+        "ratio_max": 1.0,
+        "latency_ms": 0.0106,
+        "latency_ms_min": 0.0098,
+        "latency_ms_max": 0.0121,
+        "repeats": 7,
+        "reference": "dense",
+    },
+    "slim": {
+        "ratio": 0.48,
+        "ratio_min": 0.41,
+        "ratio_max": 0.55,
+        "latency_ms": 0.0051,
+        "latency_ms_min": 0.0046,
+        "latency_ms_max": 0.0060,
+        "repeats": 7,
+        "reference": "dense",
+    },
+}
+
+
+def test_latency_table_prints_ratios_with_their_spread(tmp_path, capsys):
+    table = report.format_latency_table(LATENCY)
+    lines = table.splitlines()
+    assert "latency / dense" in lines[0] and "min-max" in lines[0]
+    assert lines[3].split() == [
+        "slim",
+        "0.48",
+        "0.41-0.55",
+        "0.0051",
+        "0.0046-0.0060",
+    ]
+    assert "7 interleaved repeats" in lines[-1]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"runs": DEMO_RUNS, "latency": LATENCY}))
+    assert report.main([str(path)]) == 0
+    assert table in capsys.readouterr().out
