@@ -18,9 +18,10 @@ touched; pass `path=` to save a PNG, or call `fig.savefig` yourself.
   panels they share. Fractions (accuracy, sparsity, alive neurons, frozen
   fraction, when in [0, 1]) are drawn on percent axes.
 - `plot_accuracy_vs_compression(runs)` (in `keras_serene.app.tradeoff`,
-  re-exported here): accuracy (percent) against the compression ratio, one point (or line, for a list of values) per run. One
-  basis for every run: `compression = dense parameters / nonzero parameters`
-  of the network as deployed (LOBSTER's `|theta| / |theta != 0|`,
+  re-exported here): accuracy (percent) against the compression ratio, one
+  point (or line, for a list of values) per run. One basis for every run:
+  `compression = dense parameters / nonzero parameters` of the network as
+  deployed (LOBSTER's `|theta| / |theta != 0|`,
   arXiv:2011.09905, with the dense network's `|theta|` as numerator), so a
   slimmed network sits where its pruned parent sits: slimming removes only
   zeros. `compression_ratios` computes it from `params`/`nonzero`. Points
