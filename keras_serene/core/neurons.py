@@ -1,9 +1,10 @@
-"""Which weights belong to which neuron: the one per-layer table.
+"""Which weights belong to which neuron (the layer table's `neuron_weights`).
 
 A *neuron* is a Dense unit or a convolution output channel (SeReNe, TNNLS
 2022, arXiv 2102.03773, Sec. III: "all parameters of the neuron"; NEq,
 NeurIPS 2022, Sec. 3: a BatchNormalization channel is a neuron too). For every
-supported layer class, `NEURON_WEIGHTS` names the weights that hold neurons and
+supported layer class, the layer table (`core/layer_table.py`, looked up
+through the class hierarchy) names the weights that hold neurons and
 how each weight's shape lines up with the neuron vector:
 
 - `"last"`: neurons on the last axis (Dense `[in, out]`, Conv `[..., in, out]`,
@@ -23,40 +24,27 @@ class with `register_neuron_weights`.
 import keras
 import numpy as np
 
-NEURON_WEIGHTS = {
-    "Dense": {"kernel": "last", "bias": "vector"},
-    "Conv1D": {"kernel": "last", "bias": "vector"},
-    "Conv2D": {"kernel": "last", "bias": "vector"},
-    "Conv3D": {"kernel": "last", "bias": "vector"},
-    "Conv1DTranspose": {"kernel": "second_last", "bias": "vector"},
-    "Conv2DTranspose": {"kernel": "second_last", "bias": "vector"},
-    "Conv3DTranspose": {"kernel": "second_last", "bias": "vector"},
-    "DepthwiseConv1D": {"kernel": "depthwise", "bias": "vector"},
-    "DepthwiseConv2D": {"kernel": "depthwise", "bias": "vector"},
-    "SeparableConv1D": {"pointwise_kernel": "last", "bias": "vector"},
-    "SeparableConv2D": {"pointwise_kernel": "last", "bias": "vector"},
-    "BatchNormalization": {"gamma": "vector", "beta": "vector"},
-}
+from keras_serene.core import layer_table
 
-KINDS = ("last", "second_last", "depthwise", "vector")
+#: Layer class name -> {weight name: kind}: the `neuron_weights` field of
+#: the layer table (`core/layer_table.py`), read and written as a dict.
+NEURON_WEIGHTS = layer_table.FieldView("neuron_weights")
+
+KINDS = layer_table.NEURON_KINDS
 
 
 def register_neuron_weights(layer_class_name, weights):
     """Declares which weights of a layer class hold neurons.
 
+    Sets the `neuron_weights` field of the class's layer-table row
+    (`keras_serene.core.layer_table.register_layer`).
+
     Args:
-        layer_class_name: String. The layer's class name.
+        layer_class_name: String or class. The layer's class (name).
         weights: Dict. Weight name (the last part of `variable.path`) to
             one of `"last"`, `"second_last"`, `"depthwise"`, `"vector"`.
     """
-    for name, kind in weights.items():
-        if kind not in KINDS:
-            raise ValueError(
-                f"register_neuron_weights: weight {name!r} of "
-                f"{layer_class_name} has kind {kind!r}; expected one of "
-                f"{KINDS}."
-            )
-    NEURON_WEIGHTS[layer_class_name] = dict(weights)
+    layer_table.register_layer(layer_class_name, neuron_weights=dict(weights))
 
 
 def neuron_shape(kind, shape):
@@ -167,10 +155,8 @@ def neuron_weights_by_variable(model):
 
 
 def _table_for(layer):
-    for cls in type(layer).__mro__:
-        if cls.__name__ in NEURON_WEIGHTS:
-            return NEURON_WEIGHTS[cls.__name__]
-    return None
+    entry = layer_table.entry_for(layer)
+    return None if entry is None else entry.neuron_weights
 
 
 def alive_neurons(weights):

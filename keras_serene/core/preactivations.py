@@ -15,7 +15,7 @@ model's own outputs, the pre-activation tensor of every chosen layer:
   is its pre-activation;
 - a layer with a fused activation (`Dense(300, activation="relu")`) is
   called as two steps, its linear part `z` (computed from the layer's own
-  variables by the function registered for its class in `LINEAR_PARTS`)
+  variables by the layer table's `linear_part` for its class)
   then `layer.activation(z)`; the result equals `layer(x)`.
 
 Because `z` lies on the path from the inputs to the outputs, a gradient tape
@@ -28,93 +28,26 @@ any layer sharing). Add a layer class with `register_linear_part`.
 import keras
 from keras import ops
 
+from keras_serene.core import layer_table
 from keras_serene.core import neurons as neurons_lib
 
 
-def _conv_core(layer, inputs):
-    padding = layer.padding
-    if padding == "causal":  # Conv1D: left-pad, then a valid convolution.
-        left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
-        pad = [[0, 0], [left, 0], [0, 0]]
-        if layer.data_format == "channels_first":
-            pad = [[0, 0], [0, 0], [left, 0]]
-        inputs = ops.pad(inputs, pad)
-        padding = "valid"
-    return ops.conv(
-        inputs,
-        layer.kernel,
-        strides=list(layer.strides),
-        padding=padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-    )
-
-
-def _depthwise_core(layer, inputs):
-    return ops.depthwise_conv(
-        inputs,
-        layer.kernel,
-        strides=layer.strides,
-        padding=layer.padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-    )
-
-
-def _separable_core(layer, inputs):
-    return ops.separable_conv(
-        inputs,
-        layer.depthwise_kernel,
-        layer.pointwise_kernel,
-        strides=layer.strides,
-        padding=layer.padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-    )
-
-
-def _transpose_core(layer, inputs):
-    return ops.conv_transpose(
-        inputs,
-        layer.kernel,
-        strides=list(layer.strides),
-        padding=layer.padding,
-        output_padding=layer.output_padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-    )
-
-
-def _dense_core(layer, inputs):
-    return ops.matmul(inputs, layer.kernel)
-
-
 #: Layer class name -> `fn(layer, inputs)` giving the layer's output before
-#: its bias and activation. The bias is added by `linear_part`.
-LINEAR_PARTS = {
-    "Dense": _dense_core,
-    "Conv1D": _conv_core,
-    "Conv2D": _conv_core,
-    "Conv3D": _conv_core,
-    "DepthwiseConv1D": _depthwise_core,
-    "DepthwiseConv2D": _depthwise_core,
-    "SeparableConv1D": _separable_core,
-    "SeparableConv2D": _separable_core,
-    "Conv1DTranspose": _transpose_core,
-    "Conv2DTranspose": _transpose_core,
-    "Conv3DTranspose": _transpose_core,
-}
+#: its bias and activation (the layer table's `linear_part` field, declared
+#: in `core/layer_entries.py`). The bias is added by `linear_part`.
+LINEAR_PARTS = layer_table.FieldView("linear_part")
 
 
 def register_linear_part(layer_class_name, fn):
     """Declares how to compute a layer class's output before its bias and
-    activation: `fn(layer, inputs) -> tensor`."""
+    activation: `fn(layer, inputs) -> tensor` (the `linear_part` field of
+    its layer-table row)."""
     if not callable(fn):
         raise TypeError(
             "register_linear_part: `fn` must be callable. Received "
             f"fn={fn!r} for {layer_class_name!r}."
         )
-    LINEAR_PARTS[layer_class_name] = fn
+    layer_table.register_layer(layer_class_name, linear_part=fn)
 
 
 def has_fused_activation(layer):
@@ -126,10 +59,8 @@ def has_fused_activation(layer):
 
 
 def _core_for(layer):
-    for cls in type(layer).__mro__:
-        if cls.__name__ in LINEAR_PARTS:
-            return LINEAR_PARTS[cls.__name__]
-    return None
+    entry = layer_table.entry_for(layer)
+    return None if entry is None else entry.linear_part
 
 
 def check_probeable(layer, caller):

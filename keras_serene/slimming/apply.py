@@ -22,14 +22,16 @@ import copy
 import keras
 import numpy as np
 
+from keras_serene.core import layer_table
+from keras_serene.core.channel_rules import rule_weight_name
 from keras_serene.slimming.channels import ChannelAnalysis
+from keras_serene.slimming.channels import call_node
 from keras_serene.slimming.graph import Scope
 from keras_serene.slimming.graph import read_graph
 from keras_serene.slimming.plan import SlimmingPlan
 from keras_serene.slimming.plan import build_plan
-from keras_serene.slimming.rules import rule_for
+from keras_serene.slimming.plan import slimming_plan
 
-_KERAS_TENSOR = "__keras_tensor__"
 
 
 def _weights_by_name(layer):
@@ -38,6 +40,10 @@ def _weights_by_name(layer):
 
 def _linear_part(layer, inputs):
     """The layer's kernel applied to `inputs`, without bias or activation."""
+    entry = layer_table.entry_for(layer)
+    x = inputs.astype(np.float32)
+    if entry is not None and entry.linear_part is not None:
+        return np.asarray(entry.linear_part(layer, x), dtype=np.float64)
     config = copy.deepcopy(layer.get_config())
     config["name"] = f"{config['name']}_linear_part"
     config["activation"] = "linear"
@@ -47,84 +53,92 @@ def _linear_part(layer, inputs):
     source = _weights_by_name(layer)
     for w in clone.weights:
         w.assign(source[w.name])
-    return np.asarray(clone(inputs.astype(np.float32)), dtype=np.float64)
+    return np.asarray(clone(x), dtype=np.float64)
+
+
+def _shift_reader(analysis, node, rank):
+    """The one reader of `node`'s output that absorbs a constant shift
+    (a BatchNormalization's moving mean), or None."""
+    graph = analysis.graph
+    out_tid = node.outputs[0]
+    readers = graph.consumers.get(out_tid, [])
+    if out_tid in graph.outputs or len(readers) != 1:
+        return None
+    reader = readers[0][0]
+    rule = analysis.rules[reader.path]
+    if getattr(rule, "shift_weight", None) is None:
+        return None
+    return reader.path
 
 
 def _folds(analysis, removed):
     """Bias additions and BN mean shifts, indexed by original channels."""
-    graph = analysis.graph
     bias_add, mean_sub = {}, {}
     removed_ids = np.fromiter(removed, np.int64)
     for node, tid in analysis.sinks():
         mask = np.isin(analysis.ids[tid], removed_ids)
         if not mask.any():
             continue
-        values = analysis.values[tid] * mask
+        values = np.where(mask, analysis.values[tid], 0.0)
         out = _linear_part(node.layer, values)
         contribution = out.reshape(-1, out.shape[-1]).mean(axis=0)
         if not np.any(contribution):
             continue
-        if node.layer.use_bias:
+        reader = None
+        if not node.layer.use_bias:
+            reader = _shift_reader(analysis, node, out.ndim)
+        if reader is None:
             bias_add[node.path] = bias_add.get(node.path, 0) + contribution
-            continue
-        out_tid = node.outputs[0]
-        readers = graph.consumers.get(out_tid, [])
-        if (
-            out_tid not in graph.outputs
-            and len(readers) == 1
-            and type(readers[0][0].layer).__name__ == "BatchNormalization"
-            and analysis.kinds[readers[0][0].path][0] == "passes"
-            and readers[0][0].layer.get_config()["axis"]
-            in (-1, len(out.shape) - 1)
-        ):
-            bn = readers[0][0].path
-            mean_sub[bn] = mean_sub.get(bn, 0) + contribution
         else:
-            bias_add[node.path] = bias_add.get(node.path, 0) + contribution
+            mean_sub[reader] = mean_sub.get(reader, 0) + contribution
     return bias_add, mean_sub
-
-
-def _take(array, axis, keep):
-    if keep is None or keep.all():
-        return array
-    return np.compress(keep, array, axis=axis % array.ndim)
 
 
 class _Rebuilder:
     def __init__(self, graph, analysis, removed, bias_add, mean_sub):
         self.graph = graph
         self.analysis = analysis
-        self.removed = removed
+        self.removed = np.fromiter(removed, np.int64)
         self.bias_add = bias_add
         self.mean_sub = mean_sub
         self.new_layers = {}
 
     def keep(self, tid):
-        return self.analysis.keep_mask(tid, self.removed)
+        return ~np.isin(self.analysis.ids[tid], self.removed)
 
     def new_layer(self, node):
         layer = node.layer
-        kind = self.analysis.kinds[node.path][0]
-        rule = rule_for(layer, node.path)
+        if not isinstance(layer, keras.layers.Layer):
+            return self._new_operation(node)
+        rule = self.analysis.rules[node.path]
         config = copy.deepcopy(layer.get_config())
         keep_in = self.keep(node.inputs[0]) if node.inputs else None
         keep_out = self.keep(node.outputs[0])
-        if kind == "produces":
-            config[rule.size_key] = int(keep_out.sum())
-            if node.path in self.bias_add:
-                config["use_bias"] = True
-        if rule.configure is not None and kind not in ("pins", "boundary"):
-            if keep_in is not None and not (keep_in.all() and keep_out.all()):
-                config = rule.configure(config, keep_in, keep_out)
+        config = rule.configure(config, keep_in, keep_out)
+        if node.path in self.bias_add:
+            config["use_bias"] = True
+        for key, value in config.items():
+            # Every weight is assigned below: skip drawing random values.
+            if key.endswith("_initializer") and value is not None:
+                config[key] = "zeros"
         new = type(layer).from_config(config)
         self.new_layers[node.path] = new
         return new
 
+    def _new_operation(self, node):
+        try:
+            return type(node.layer).from_config(node.layer.get_config())
+        except (TypeError, ValueError, NotImplementedError):
+            return node.layer  # stateless: calling it again adds a node
+
     def set_weights(self, node):
         layer, new = node.layer, self.new_layers[node.path]
-        kind = self.analysis.kinds[node.path][0]
-        rule = rule_for(layer, node.path)
-        source = _weights_by_name(layer)
+        rule = self.analysis.rules[node.path]
+        names = rule.weight_names()
+        source = {
+            rule_weight_name(w.name, names): np.asarray(w.numpy())
+            for w in layer.weights
+        }
         keep_in = self.keep(node.inputs[0]) if node.inputs else None
         keep_out = self.keep(node.outputs[0])
         if node.path in self.bias_add:
@@ -135,25 +149,17 @@ class _Rebuilder:
                 np.float32
             )
         if node.path in self.mean_sub:
-            mean = source["moving_mean"] - self.mean_sub[node.path]
-            source["moving_mean"] = mean.astype(np.float32)
+            name = rule.shift_weight
+            shifted = source[name] - self.mean_sub[node.path]
+            source[name] = shifted.astype(np.float32)
         for w in new.weights:
-            array = source.get(w.name)
+            name = rule_weight_name(w.name, names)
+            array = source.get(name)
             if array is None:
                 raise ValueError(
                     f"slim: no source for weight {w.name!r} of {node.path}."
                 )
-            if kind == "produces":
-                in_axis = rule.in_weights.get(w.name)
-                if in_axis is not None:
-                    array = _take(array, in_axis, keep_in)
-                out_axis = rule.out_weights.get(w.name)
-                if out_axis is not None:
-                    array = _take(array, out_axis, keep_out)
-            elif kind in ("passes", "normalizes_groups"):
-                axis = rule.channel_weights.get(w.name)
-                if axis is not None:
-                    array = _take(array, axis, keep_in)
+            array = rule.slice_weight(name, array, keep_in, keep_out)
             if tuple(array.shape) != tuple(w.shape):
                 raise ValueError(
                     f"slim: weight {w.name!r} of {node.path} has shape "
@@ -164,24 +170,6 @@ class _Rebuilder:
         if new.weights and hasattr(new, "finalize_state"):
             # Adapted preprocessing layers (Normalization) cache their state.
             new.finalize_state()
-
-    def call(self, node, new, tensors):
-        inputs = iter(tensors)
-
-        def fill(structure):
-            if isinstance(structure, dict):
-                if structure.get("class_name") == _KERAS_TENSOR:
-                    return next(inputs)
-                return {k: fill(v) for k, v in structure.items()}
-            if isinstance(structure, (list, tuple)):
-                return [fill(v) for v in structure]
-            return structure
-
-        if node.args is None:
-            return new(tensors[0])
-        args = fill(node.args)
-        kwargs = fill(node.kwargs or {})
-        return new(*args, **kwargs)
 
     def build_scope(self, scope, nested=False):
         """Re-creates `scope` (a functional or Sequential model)."""
@@ -217,7 +205,7 @@ class _Rebuilder:
             elif entry.inputs:
                 new = self.new_layer(entry)
                 tensors = [local[t] for t in entry.inputs]
-                local[entry.outputs[0]] = self.call(entry, new, tensors)
+                local[entry.outputs[0]] = call_node(entry, new, tensors)
         outputs = [local[resolve(t)] for t in scope.outputs]
         if len(outputs) == 1 and not isinstance(scope.model.output, list):
             outputs = outputs[0]
@@ -226,31 +214,53 @@ class _Rebuilder:
         return keras.Model(inputs, outputs, name=scope.model.name)
 
 
-def _removed_from_plan(plan, auto, analysis):
+def _analysis_for(model, plan):
+    """The plan's own analysis, or a fresh one checked against the plan."""
     if not isinstance(plan, SlimmingPlan):
         raise TypeError(
             "slim: `plan` must be a SlimmingPlan (from ks.slimming_plan). "
-            f"Received {type(plan).__name__}."
+            f"Received: plan={type(plan).__name__}"
         )
-    if len(plan.groups) != len(auto.groups) or any(
-        a.size != b.size for a, b in zip(plan.groups, auto.groups)
+    analysis = plan.analysis
+    if analysis is not None and analysis.graph.model is model:
+        return analysis
+    mine = build_plan(ChannelAnalysis(read_graph(model)), model.name)
+    if len(plan.groups) != len(mine.groups) or any(
+        a.size != b.size or a.sources != b.sources
+        for a, b in zip(plan.groups, mine.groups)
     ):
         raise ValueError(
             "slim: `plan` does not match the model's channel groups (was it "
             "made for another model?). Rebuild it with "
             "ks.slimming_plan(model)."
         )
+    return mine.analysis
+
+
+def _removed_by(plan, analysis):
+    """The channel classes the plan removes, checked to be removable."""
     removed = set()
-    for user, mine, classes in zip(plan.groups, auto.groups, auto._classes):
-        live = sorted(set(user.removed) - set(mine.removed))
+    for group, classes in zip(plan.groups, analysis.group_classes):
+        live = sorted(i for i in group.removed if classes[i] not in analysis.removable)
         if live:
+            allowed = [
+                i for i, c in enumerate(classes) if c in analysis.removable
+            ]
             raise ValueError(
-                f"slim: plan group {user.id} removes channels {live} that "
+                f"slim: plan group {group.id} removes channels {live} that "
                 "cannot be removed exactly (live, pinned or not foldable). "
-                f"Removable channels of that group: {mine.removed}."
+                f"Removable channels of that group: {allowed}."
             )
-        removed.update(classes[i] for i in user.removed)
-    return analysis._align_groups(removed)
+        removed.update(classes[i] for i in group.removed)
+    aligned = set(removed)
+    if analysis.restrict(aligned):
+        kept = sorted(removed - aligned)
+        raise ValueError(
+            "slim: the plan removes part of a channel group that must go "
+            "whole (a GroupNormalization group); keep or remove all of it. "
+            f"Received: {len(kept)} channels that cannot go alone."
+        )
+    return removed
 
 
 def slim(model, plan=None):
@@ -270,8 +280,9 @@ def slim(model, plan=None):
     Args:
         model: A functional or Sequential `keras.Model`.
         plan: `SlimmingPlan` or `None`. A plan from `ks.slimming_plan(model)`,
-            possibly edited to keep more channels. Defaults to `None` (plan
-            the model now).
+            possibly edited to keep more channels; it is applied as given
+            (with the analysis it carries). Defaults to `None` (plan the
+            model now).
 
     Returns:
         A new `keras.Model`.
@@ -279,12 +290,11 @@ def slim(model, plan=None):
     References:
         Papers.md section 7; EIDOSLAB `simplify` (SoftwareX 2022).
     """
-    graph = read_graph(model)
-    analysis = ChannelAnalysis(graph)
-    removed = set(analysis.removable)
-    if plan is not None:
-        auto = build_plan(analysis, model.name)
-        removed = _removed_from_plan(plan, auto, analysis)
+    if plan is None:
+        plan = slimming_plan(model)
+    analysis = _analysis_for(model, plan)
+    removed = _removed_by(plan, analysis)
+    graph = analysis.graph
     bias_add, mean_sub = _folds(analysis, removed)
     builder = _Rebuilder(graph, analysis, removed, bias_add, mean_sub)
     new_model = builder.build_scope(graph.root)

@@ -26,11 +26,14 @@ References:
     https://arxiv.org/abs/2301.12900 for the dependency groups.
 """
 
+import keras
 import numpy as np
 
 from keras_serene.slimming.graph import input_shapes
 from keras_serene.slimming.graph import output_shapes
 from keras_serene.slimming.rules import rule_for
+
+_KERAS_TENSOR = "__keras_tensor__"
 
 # Spatial size used for unknown (None) dimensions when evaluating constants.
 _UNKNOWN_DIM = 8
@@ -59,33 +62,48 @@ class _UnionFind:
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
-    def roots(self, ids):
-        return np.array([self.find(int(i)) for i in ids], dtype=np.int64)
-
-
-def _weight(layer, name):
-    for w in layer.weights:
-        if w.name == name:
-            return np.asarray(w.numpy())
-    return None
-
-
-def _zero_slices(array, axis):
-    axis = axis % array.ndim
-    moved = np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis])
-    return np.all(moved == 0, axis=0)
+    def table(self):
+        """Array: the root of every id."""
+        parent = np.asarray(self.parent, dtype=np.int64)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent = grand
 
 
 def _batch_one(shape):
     return (1,) + tuple(_UNKNOWN_DIM if d is None else d for d in shape[1:])
 
 
-def _call(layer, inputs):
-    try:
-        result = layer(inputs, training=False)
-    except TypeError:
-        result = layer(inputs)
-    return np.asarray(result, dtype=np.float64)
+def _fill(structure, tensors):
+    """A node's serialized call arguments with `tensors` put back in."""
+    if isinstance(structure, dict):
+        if structure.get("class_name") == _KERAS_TENSOR:
+            return next(tensors)
+        if "class_name" in structure:
+            return keras.saving.deserialize_keras_object(structure)
+        return {k: _fill(v, tensors) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return [_fill(v, tensors) for v in structure]
+    return structure
+
+
+def call_node(node, fn, tensors, training=None):
+    """Calls `fn` (the node's layer or its rebuilt copy) the way the model
+    called it, with `tensors` in place of its input tensors."""
+    if node.args is None:  # Sequential
+        args, kwargs = [tensors[0]], {}
+    else:
+        remaining = iter(tensors)
+        args = _fill(node.args, remaining)
+        kwargs = _fill(node.kwargs or {}, remaining)
+    if training is not None and isinstance(fn, keras.layers.Layer):
+        try:
+            return fn(*args, **kwargs, training=training)
+        except TypeError:
+            pass
+    return fn(*args, **kwargs)
 
 
 class ChannelAnalysis:
@@ -93,6 +111,7 @@ class ChannelAnalysis:
 
     Attributes:
         graph: the `LayerGraph`.
+        rules: dict node path -> the `ChannelRule` resolved for that call.
         kinds: dict node path -> (kind, reason).
         ids: dict tensor id -> array of channel class ids (roots).
         const: dict tensor id -> bool array (input-independent channels).
@@ -105,84 +124,60 @@ class ChannelAnalysis:
 
     def __init__(self, graph):
         self.graph = graph
+        self.rules = {}
         self.kinds = {}
         self.pins = {}
         self.notes = {}
+        self.group_classes = None
         self._uf = _UnionFind()
         raw = self._assign_ids()
-        self.ids = {t: self._uf.roots(v) for t, v in raw.items()}
+        roots = self._uf.table()
+        self.ids = {t: roots[v] for t, v in raw.items()}
         pins = {}
         for cls, reasons in self.pins.items():
-            pins.setdefault(self._uf.find(cls), []).extend(reasons)
+            pins.setdefault(int(roots[cls]), []).extend(reasons)
         self.pins = {c: list(dict.fromkeys(r)) for c, r in pins.items()}
         self._propagate_constants()
         self._decide()
 
-    # -- channel ids ------------------------------------------------------
-    def _pin(self, ids, reason):
+    # -- what the rules call -------------------------------------------------
+    def new_ids(self, width):
+        return self._uf.make(width)
+
+    def pin(self, ids, reason):
         for i in ids:
             self.pins.setdefault(int(i), []).append(reason)
 
+    def union(self, a, b):
+        self._uf.union(a, b)
+
+    def note(self, cls, reason):
+        self.notes.setdefault(cls, []).append(reason)
+
+    def where(self, node):
+        return f"{node.path} ({type(node.layer).__name__})"
+
+    # -- channel ids ------------------------------------------------------
     def _assign_ids(self):
-        graph, uf = self.graph, self._uf
+        graph = self.graph
         ids = {}
         for node in graph.nodes:
-            in_shapes = input_shapes(graph, node)
             out_shapes = output_shapes(graph, node)
-            out_tid = node.outputs[0]
-            width = out_shapes[0][-1]
-            if node.layer is None:
-                kind, reason = "input", None
-            else:
-                rule = rule_for(node.layer, node.path)
-                kind, reason = rule.kind, None
-                if rule.check is not None:
-                    override = rule.check(node.layer, in_shapes, out_shapes)
-                    if override is not None:
-                        kind, reason = override
-            self.kinds[node.path] = (kind, reason)
+            width = out_shapes[0][-1] if out_shapes[0] else 1
+            base = rule_for(node.layer, node.path)
+            rule, reason = base.resolve(
+                node.layer, input_shapes(graph, node), out_shapes
+            )
+            self.rules[node.path] = rule
+            self.kinds[node.path] = (rule.kind, reason)
             ins = [ids[t] for t in node.inputs]
-            where = f"{node.path} ({type(node.layer).__name__})"
-            if kind == "input":
-                ids[out_tid] = uf.make(width)
-                self._pin(ids[out_tid], "model input")
-            elif kind == "produces":
-                ids[out_tid] = uf.make(width)
-            elif kind in ("passes", "transparent", "pins", "normalizes_groups"):
-                if len(ins[0]) != width:
-                    raise ValueError(
-                        f"slim: layer {where} changes the channel count "
-                        f"from {len(ins[0])} to {width}, which its rule "
-                        f"kind {kind!r} does not allow."
-                    )
-                ids[out_tid] = ins[0]
-                if kind == "pins":
-                    self._pin(ins[0], f"{reason} ({node.path})")
-            elif kind == "couples":
-                full = [x for x in ins if len(x) == width]
-                for x in ins:
-                    if len(x) != width:
-                        self._pin(x, f"broadcast operand of {node.path}")
-                for x in full[1:]:
-                    for a, b in zip(full[0], x):
-                        uf.union(int(a), int(b))
-                ids[out_tid] = full[0]
-            elif kind == "offsets":
-                ids[out_tid] = np.concatenate(ins)
-            elif kind == "expands":
-                repeats = width // max(len(ins[0]), 1)
-                if repeats * len(ins[0]) != width:
-                    raise ValueError(
-                        f"slim: cannot map channels through {where}."
-                    )
-                ids[out_tid] = np.tile(ins[0], repeats)
-            else:  # boundary
-                for x in ins:
-                    self._pin(x, f"{reason} ({node.path})")
-                ids[out_tid] = uf.make(width)
-                self._pin(ids[out_tid], f"{reason} ({node.path})")
+            out = rule.channel_ids(self, node, ins, width, reason)
+            for shape in node.constant_shapes:
+                if len(shape) and shape[-1] == width and width > 1:
+                    self.pin(out, f"per-channel constant operand ({node.path})")
+            ids[node.outputs[0]] = out
         for tid in graph.outputs:
-            self._pin(ids[tid], "model output")
+            self.pin(ids[tid], "model output")
         return ids
 
     # -- constants --------------------------------------------------------
@@ -190,77 +185,33 @@ class ChannelAnalysis:
         graph = self.graph
         self.const, self.values = {}, {}
         for node in graph.nodes:
-            kind = self.kinds[node.path][0]
+            rule = self.rules[node.path]
             out_tid = node.outputs[0]
             width = len(self.ids[out_tid])
             in_const = [self.const[t] for t in node.inputs]
             in_values = [self.values[t] for t in node.inputs]
-            const = np.zeros(width, dtype=bool)
-            layer = node.layer
-            if kind == "produces":
-                rule = rule_for(layer, node.path)
-                const[:] = True
-                for name, axis in rule.out_weights.items():
-                    array = _weight(layer, name)
-                    if name != "bias" and array is not None:
-                        const &= _zero_slices(array, axis)
-            elif kind in ("passes", "transparent"):
-                const = in_const[0].copy()
-                rule = rule_for(layer, node.path)
-                if kind == "passes" and rule.constant_weight is not None:
-                    array = _weight(layer, rule.constant_weight)
-                    axis = rule.channel_weights[rule.constant_weight]
-                    if array is not None:
-                        const |= _zero_slices(array, axis)
-            elif kind == "normalizes_groups":
-                groups = layer.groups
-                per = width // groups
-                grouped = in_const[0].reshape(groups, per).all(axis=1)
-                const = np.repeat(grouped, per)
-            elif kind == "pins":
-                const[:] = in_const[0].all()
-            elif kind == "couples":
-                full = [
-                    (c if len(c) == width else np.repeat(c, width))
-                    for c in in_const
-                ]
-                const = np.logical_and.reduce(full)
-                if type(layer).__name__ == "Multiply":
-                    for c, v in zip(full, in_values):
-                        if v is not None:
-                            zero = np.all(
-                                v.reshape(-1, v.shape[-1]) == 0, axis=0
-                            )
-                            if zero.size != width:
-                                zero = np.repeat(zero, width)
-                            const |= c & zero
-            elif kind == "offsets":
-                const = np.concatenate(in_const)
-            elif kind == "expands":
-                const = np.tile(in_const[0], width // len(in_const[0]))
+            const = rule.constants(node, in_const, in_values, width)
             self.const[out_tid] = const
             self.values[out_tid] = None
             if const.any():
-                self.values[out_tid] = self._evaluate(node, kind, in_values)
+                self.values[out_tid] = self._evaluate(node, rule, in_values)
 
-    def _evaluate(self, node, kind, in_values):
+    def _evaluate(self, node, rule, in_values):
         graph = self.graph
         shapes = input_shapes(graph, node)
         arrays = []
         for value, shape in zip(in_values, shapes):
-            if value is None:
+            if value is None or rule.sink:  # a producer: act(bias)
                 value = np.zeros(_batch_one(shape), dtype=np.float32)
             arrays.append(value.astype(np.float32))
-        if kind == "produces":
-            arrays = [np.zeros_like(a) for a in arrays]
-        inputs = arrays[0] if len(arrays) == 1 else arrays
-        return _call(node.layer, inputs)
+        result = call_node(node, node.layer, arrays, training=False)
+        return np.asarray(result, dtype=np.float64)
 
     # -- decisions --------------------------------------------------------
     def sinks(self):
         """(node, tensor id) pairs where a producer consumes channels."""
         for node in self.graph.nodes:
-            if self.kinds[node.path][0] == "produces":
+            if self.rules[node.path].sink:
                 yield node, node.inputs[0]
 
     def _decide(self):
@@ -274,9 +225,17 @@ class ChannelAnalysis:
                 blocked.update(int(c) for c in classes[~self.const[tid]])
         self.dead = seen_const - blocked
         removable = set(self.dead) - set(self.pins)
+        for tid, values in self.values.items():
+            if values is None:
+                continue
+            bad = ~np.isfinite(values.reshape(-1, values.shape[-1])).all(0)
+            for cls in self.ids[tid][bad & self.const[tid]]:
+                if int(cls) in removable:
+                    removable.discard(int(cls))
+                    self.note(int(cls), f"non-finite constant at {tid}")
         for node, tid in self.sinks():
-            rule = rule_for(node.layer, node.path)
-            mode = rule.sink(node.layer, self.graph.shapes[tid])
+            rule = self.rules[node.path]
+            mode = rule.sink_mode(node.layer, self.graph.shapes[tid])
             classes = self.ids[tid]
             if mode == "any" or not self.const[tid].any():
                 continue
@@ -291,38 +250,29 @@ class ChannelAnalysis:
                 cls = int(cls)
                 if cls in removable:
                     removable.discard(cls)
-                    self.notes.setdefault(cls, []).append(
-                        f"constant is position-dependent at {node.path}"
+                    self.note(
+                        cls, f"constant is position-dependent at {node.path}"
                     )
-        self.removable = self._align_groups(removable)
+        self.restrict(removable)
+        self.removable = removable
 
     def _read_by_sink(self, tid):
-        for node, _ in self.graph.consumers.get(tid, []):
-            if self.kinds[node.path][0] == "produces":
-                return True
-        return False
+        return any(
+            self.rules[node.path].sink
+            for node, _ in self.graph.consumers.get(tid, [])
+        )
 
-    def _align_groups(self, removable):
-        changed = True
+    def restrict(self, removable):
+        """Drops from `removable` (in place) what a layer forbids (a partial
+        GroupNormalization group); True when something was dropped."""
+        dropped, changed = False, True
         while changed:
             changed = False
             for node in self.graph.nodes:
-                if self.kinds[node.path][0] != "normalizes_groups":
-                    continue
-                classes = self.ids[node.inputs[0]]
-                per = len(classes) // node.layer.groups
-                for g in range(node.layer.groups):
-                    members = [int(c) for c in classes[g * per : (g + 1) * per]]
-                    inside = [c in removable for c in members]
-                    if any(inside) and not all(inside):
-                        for c in members:
-                            if c in removable:
-                                removable.discard(c)
-                                self.notes.setdefault(c, []).append(
-                                    f"partial group of {node.path}"
-                                )
-                        changed = True
-        return removable
+                rule = self.rules[node.path]
+                changed |= rule.restrict(self, node, removable)
+            dropped |= changed
+        return dropped
 
     def keep_mask(self, tid, removed):
         """Bool mask over the channels of `tid` that stay."""

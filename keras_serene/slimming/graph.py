@@ -2,7 +2,9 @@
 
 `read_graph(model)` walks `model.get_config()` (each layer's `inbound_nodes`
 and their `keras_history`) and returns a `LayerGraph`: one `LayerNode` per
-layer call in topological order, every tensor named by an id string, its
+layer call in topological order (Keras *operations* applied to symbolic
+tensors, `x + 3` or `keras.ops.add(a, b)`, are nodes like layers: they are
+in `model.operations`, not in `model.layers`), every tensor named by an id string, its
 static shape, its consumers, and a `Scope` tree that mirrors nested
 functional / Sequential models so the slimmed model can be rebuilt with the
 same nesting. Nested models are inlined for the channel analysis: the inner
@@ -16,6 +18,7 @@ References:
 import dataclasses
 
 import keras
+import numpy as np
 
 _KERAS_TENSOR = "__keras_tensor__"
 
@@ -30,6 +33,7 @@ class LayerNode:
     outputs: list
     args: object = None
     kwargs: object = None
+    constant_shapes: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -86,6 +90,26 @@ def _tensor_refs(structure, found):
     return found
 
 
+def _constant_shapes(structure, found):
+    """Shapes of the array constants among a node's arguments."""
+    if isinstance(structure, dict):
+        if structure.get("class_name") in ("__tensor__", "__numpy__"):
+            found.append(np.shape(structure["config"]["value"]))
+        elif structure.get("class_name") != _KERAS_TENSOR:
+            for value in structure.values():
+                _constant_shapes(value, found)
+    elif isinstance(structure, (list, tuple)):
+        for value in structure:
+            _constant_shapes(value, found)
+    return found
+
+
+def _what(layer):
+    if isinstance(layer, keras.layers.Layer):
+        return f"layer {layer.name!r} ({type(layer).__name__})"
+    return f"operation {layer.name!r} (keras.ops {type(layer).__name__})"
+
+
 def _refs(value):
     """`input_layers` / `output_layers`: one `[name, node, index]` or many."""
     if value and isinstance(value[0], str):
@@ -114,13 +138,14 @@ def _check_model(model, path):
                 "Give it an `keras.Input(shape)` first layer or call "
                 "`model.build(input_shape)`."
             )
-        return
+        return None
     try:
         config = model.get_config()
     except NotImplementedError:
         config = None
-    if not isinstance(config, dict) or "layers" not in config:
-        raise TypeError(
+    if isinstance(config, dict) and "layers" in config:
+        return config
+    raise TypeError(
             f"slim: model {path or model.name!r} of class "
             f"{type(model).__name__} is subclassed (no functional graph). "
             "Only functional and Sequential models can be slimmed: rebuild "
@@ -128,8 +153,7 @@ def _check_model(model, path):
         )
 
 
-def _read_functional(graph, model, prefix, outer_inputs):
-    config = model.get_config()
+def _read_functional(graph, model, prefix, outer_inputs, config):
     scope = Scope(model, prefix.rstrip("/"), [], [])
     input_refs = _refs(config["input_layers"])
     scope.inputs = [_tid(prefix, r) for r in input_refs]
@@ -141,9 +165,11 @@ def _read_functional(graph, model, prefix, outer_inputs):
             )
         for inner, outer in zip(scope.inputs, outer_inputs):
             graph.alias[inner] = outer
+    # Layers and operations: `model.layers` lacks the operations.
+    by_name = {op.name: op for op in model.operations}
     for entry in config["layers"]:
         name = entry["name"]
-        layer = model.get_layer(name)
+        layer = by_name[name]
         path = prefix + name
         inbound = entry.get("inbound_nodes", [])
         if type(layer).__name__ == "InputLayer":
@@ -157,20 +183,26 @@ def _read_functional(graph, model, prefix, outer_inputs):
             continue
         if len(inbound) != 1:
             raise ValueError(
-                f"slim: layer {path!r} ({type(layer).__name__}) is called "
+                f"slim: {_what(layer)} at {path!r} is called "
                 f"{len(inbound)} times in the model. Shared layers are not "
                 "supported by the slimmer."
             )
         refs = _tensor_refs(inbound[0], [])
         inputs = []
         for history, shape in refs:
+            source = by_name[history[0]]
+            if history[2] > 0 and not _is_functional(source):
+                raise ValueError(
+                    f"slim: {_what(source)} returns several tensors; the "
+                    "slimmer handles layers and operations with one output "
+                    f"tensor only (output {history[2]} is read by {path!r})."
+                )
             tid = _tid(prefix, history)
             graph.shapes.setdefault(tid, tuple(shape))
             inputs.append(tid)
         outputs_count = len(layer.outputs) if _is_functional(layer) else 1
         outputs = [_tid(prefix, (name, 0, t)) for t in range(outputs_count)]
         if isinstance(layer, keras.Model):
-            _check_model(layer, path)
             child = _read_model(graph, layer, path + "/", inputs)
             for outer, inner in zip(outputs, child.outputs):
                 graph.alias[outer] = inner
@@ -183,6 +215,7 @@ def _read_functional(graph, model, prefix, outer_inputs):
             outputs,
             inbound[0]["args"],
             inbound[0]["kwargs"],
+            _constant_shapes(inbound[0], []),
         )
         graph.nodes.append(node)
         scope.entries.append(node)
@@ -208,7 +241,6 @@ def _read_sequential(graph, model, prefix, outer_inputs):
         path = prefix + layer.name
         out = f"{prefix}{layer.name}:0"
         if isinstance(layer, keras.Model):
-            _check_model(layer, path)
             child = _read_model(graph, layer, path + "/", [current])
             graph.alias[out] = child.outputs[0]
             scope.entries.append(child)
@@ -223,10 +255,10 @@ def _read_sequential(graph, model, prefix, outer_inputs):
 
 
 def _read_model(graph, model, prefix, outer_inputs):
-    _check_model(model, prefix.rstrip("/"))
+    config = _check_model(model, prefix.rstrip("/"))
     if isinstance(model, keras.Sequential):
         return _read_sequential(graph, model, prefix, outer_inputs)
-    return _read_functional(graph, model, prefix, outer_inputs)
+    return _read_functional(graph, model, prefix, outer_inputs, config)
 
 
 def read_graph(model):

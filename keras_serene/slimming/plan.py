@@ -51,9 +51,9 @@ import json
 
 import numpy as np
 
+from keras_serene.core.channel_rules import find_weight
 from keras_serene.slimming.channels import ChannelAnalysis
 from keras_serene.slimming.graph import read_graph
-from keras_serene.slimming.rules import rule_for
 
 PLAN_FORMAT = "keras_serene.slimming_plan/1"
 
@@ -141,14 +141,22 @@ class SlimmingPlan:
     >>> print(plan)
     >>> ks.slim(model, ks.slimming.SlimmingPlan.from_json(plan.to_json()))
 
+    The plan carries the `ChannelAnalysis` it was made from (`analysis`:
+    channel ids per tensor, constants, the channels of each group), so
+    `slim(model, plan)` applies it without analysing the model again; a plan
+    read back with `from_json` has none, and `slim` re-analyses the model
+    and checks the plan fits it. Plan again after changing the weights.
+
     Args:
         model_name: String. Name of the planned model.
         groups: list of `ChannelGroup`.
+        analysis: `ChannelAnalysis` or `None`. Defaults to `None`.
     """
 
-    def __init__(self, model_name, groups):
+    def __init__(self, model_name, groups, analysis=None):
         self.model_name = model_name
         self.groups = list(groups)
+        self.analysis = analysis
 
     # -- look-ups -----------------------------------------------------------
     def groups_of(self, layer_name):
@@ -252,37 +260,33 @@ class SlimmingPlan:
         )
 
 
-def _positions_by_class(classes):
-    """Dict class -> array of positions in a tensor's channel axis."""
-    order = np.argsort(classes, kind="stable")
-    sorted_classes = classes[order]
-    starts = np.flatnonzero(
-        np.r_[True, sorted_classes[1:] != sorted_classes[:-1]]
-    )
-    ends = np.r_[starts[1:], len(order)]
-    return {int(sorted_classes[s]): order[s:e] for s, e in zip(starts, ends)}
+def _position_table(ids, classes, where):
+    """(len(classes), repeats) int array: the positions of each class on a
+    tensor's channel axis (`repeats` > 1 after a Flatten)."""
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    classes = np.asarray(classes, dtype=np.int64)
+    lo = np.searchsorted(sorted_ids, classes, side="left")
+    hi = np.searchsorted(sorted_ids, classes, side="right")
+    counts = hi - lo
+    if counts.min() != counts.max() or counts.min() == 0:
+        raise ValueError(f"slimming_plan: irregular channel layout at {where}.")
+    return order[lo[:, None] + np.arange(counts[0])]
 
 
-def _member(layer, path, weight, axis, role, positions_list):
-    array = None
-    for w in layer.weights:
-        if w.name == weight:
-            array = w
-            break
+def _member(layer, path, weight, axis, role, table):
+    array = find_weight(layer, weight)
     if array is None:
         return None
     axis = axis % len(array.shape)
-    first = [int(p[0]) for p in positions_list]
-    repeats = len(positions_list[0])
-    stride = 0
-    if repeats > 1:
-        stride = int(positions_list[0][1] - positions_list[0][0])
-    for p in positions_list:
-        expected = p[0] + stride * np.arange(repeats)
-        if len(p) != repeats or not np.array_equal(p, expected):
-            raise ValueError(
-                f"slimming_plan: irregular channel layout at {path}/{weight}."
-            )
+    repeats = table.shape[1]
+    stride = int(table[0, 1] - table[0, 0]) if repeats > 1 else 0
+    expected = table[:, :1] + stride * np.arange(repeats)
+    if not np.array_equal(table, expected):
+        raise ValueError(
+            f"slimming_plan: irregular channel layout at {path}/{weight}."
+        )
+    first = table[:, 0].tolist()
     return GroupMember(path, weight, axis, role, first, stride, repeats)
 
 
@@ -292,58 +296,50 @@ def build_plan(analysis, model_name):
     ordered_tids = []
     for node in graph.nodes:
         ordered_tids.extend(t for t in node.outputs if t not in ordered_tids)
-    positions = {t: _positions_by_class(analysis.ids[t]) for t in ordered_tids}
     # Signature of a class: the tensors carrying it. Classes with the same
     # signature form one group, in order of first appearance.
-    signature, order = {}, []
-    for tid in ordered_tids:
-        for cls in analysis.ids[tid]:
-            cls = int(cls)
-            if cls not in signature:
-                signature[cls] = []
-                order.append(cls)
-            if not signature[cls] or signature[cls][-1] != tid:
-                signature[cls].append(tid)
-    groups_by_key = {}
-    for cls in order:
-        groups_by_key.setdefault(tuple(signature[cls]), []).append(cls)
+    flat = np.concatenate([analysis.ids[t] for t in ordered_tids])
+    where = np.concatenate(
+        [np.full(len(analysis.ids[t]), j) for j, t in enumerate(ordered_tids)]
+    )
+    count = len(ordered_tids)
+    codes = np.unique(flat * count + where)
+    pair_class, pair_tid = codes // count, codes % count
+    starts = np.flatnonzero(np.r_[True, pair_class[1:] != pair_class[:-1]])
+    ends = np.r_[starts[1:], len(codes)]
+    signature = {
+        int(pair_class[a]): pair_tid[a:b].tobytes()
+        for a, b in zip(starts, ends)
+    }
+    first = np.unique(flat, return_index=True)[1]
+    groups_by_key, keys = {}, {}
+    for cls in flat[np.sort(first)].tolist():
+        key = signature[cls]
+        groups_by_key.setdefault(key, []).append(cls)
+        if key not in keys:
+            tids = np.frombuffer(key, dtype=pair_tid.dtype)
+            keys[key] = [ordered_tids[j] for j in tids]
     groups = []
     for gid, (key, classes) in enumerate(groups_by_key.items()):
-        tids = set(key)
+        tids = set(keys[key])
         members, layer_paths, sources, coupled = [], [], [], False
         for node in graph.nodes:
             touches = tids & (set(node.inputs) | set(node.outputs))
             if not touches:
                 continue
             layer_paths.append(node.path)
-            kind = analysis.kinds[node.path][0]
-            if node.layer is None or kind == "input":
+            rule = analysis.rules[node.path]
+            if rule.creates and node.outputs[0] in tids:
                 sources.append(node.path)
-                continue
-            rule = rule_for(node.layer, node.path)
-            if kind in ("produces", "boundary") and node.outputs[0] in tids:
-                sources.append(node.path)
-            coupled |= kind == "couples"
-            specs = []
-            if kind == "produces":
-                if node.outputs[0] in tids:
-                    specs += [
-                        (w, a, "produces", node.outputs[0])
-                        for w, a in rule.out_weights.items()
-                    ]
-                if node.inputs[0] in tids:
-                    specs += [
-                        (w, a, "consumes", node.inputs[0])
-                        for w, a in rule.in_weights.items()
-                    ]
-            elif kind in ("passes", "normalizes_groups"):
-                specs += [
-                    (w, a, "channel", node.inputs[0])
-                    for w, a in rule.channel_weights.items()
-                ]
-            for weight, axis, role, tid in specs:
-                pos = [positions[tid][c] for c in classes]
-                member = _member(node.layer, node.path, weight, axis, role, pos)
+            coupled |= rule.couples
+            tables = {}
+            for weight, axis, role, tid in rule.members(node, tids):
+                if tid not in tables:
+                    ids = analysis.ids[tid]
+                    tables[tid] = _position_table(ids, classes, node.path)
+                member = _member(
+                    node.layer, node.path, weight, axis, role, tables[tid]
+                )
                 if member is not None:
                     members.append(member)
         reasons = []
@@ -369,9 +365,8 @@ def build_plan(analysis, model_name):
                 coupled=coupled or len(sources) > 1,
             )
         )
-    plan = SlimmingPlan(model_name, groups)
-    plan._classes = [groups_by_key[k] for k in groups_by_key]
-    return plan
+    analysis.group_classes = [groups_by_key[k] for k in groups_by_key]
+    return SlimmingPlan(model_name, groups, analysis=analysis)
 
 
 def slimming_plan(model):

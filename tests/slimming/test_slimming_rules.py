@@ -14,7 +14,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras import layers  # noqa: E402
+from keras import ops  # noqa: E402
 
+from keras_serene.rni.bounded_batch_normalization import (  # noqa: E402
+    BoundedBatchNormalization,
+)
 from keras_serene.slimming import RULES  # noqa: E402
 from keras_serene.slimming import slim  # noqa: E402
 
@@ -86,6 +90,90 @@ def _adapted_normalization():
     layer = layers.Normalization(axis=-1)
     layer.adapt(np.arange(16, dtype="float32").reshape(4, 4) + 1.0)
     return layer
+
+
+def _op(fn):
+    """A Keras operation applied to a symbolic tensor, as a `_chain` step."""
+    return fn
+
+
+def _two_ops(fn, dead=(1,)):
+    return _two(2, lambda ab: fn(*ab), dead=dead)
+
+
+def _application_layer(app, class_name, **kwargs):
+    """A fresh instance of a layer class that ships in keras.applications."""
+    model = app(weights=None, **kwargs)
+    for layer in model.layers:
+        for inner in getattr(layer, "layers", [layer]):
+            if type(inner).__name__ == class_name:
+                return type(inner)
+    raise AssertionError(f"{class_name} not found in {app.__name__}")
+
+
+def _layer_scale_case():
+    cls = _application_layer(
+        keras.applications.ConvNeXtTiny, "LayerScale", input_shape=(32, 32, 3)
+    )
+    return _chain(2, cls(0.5, 4)), 6 + 1
+
+
+def _custom_scale_case():
+    # The class from InceptionResNetV2 (a + b * scale); its build is slow,
+    # so a lookalike subclass of the same name stands in: same rule by MRO.
+    class CustomScaleLayer(layers.Layer):
+        def __init__(self, scale, **kwargs):
+            super().__init__(**kwargs)
+            self.scale = scale
+
+        def get_config(self):
+            return {**super().get_config(), "scale": self.scale}
+
+        def call(self, inputs):
+            return inputs[0] + inputs[1] * self.scale
+
+    return _two(2, CustomScaleLayer(0.17)), 9
+
+
+OPS_CASES = {
+    "ops.Add": lambda: (_two_ops(ops.add), 9),
+    "ops.Subtract": lambda: (_two_ops(ops.subtract), 9),
+    "ops.Multiply": lambda: (_two_ops(ops.multiply), 9),
+    "ops.Maximum": lambda: (_two_ops(ops.maximum), 9),
+    "ops.Minimum": lambda: (_two_ops(ops.minimum), 9),
+    "ops.Divide": lambda: (_two_ops(ops.divide), 9),
+    "ops.TrueDivide": lambda: (_two_ops(ops.true_divide), 9),
+    "ops.Relu": lambda: (_chain(2, _op(ops.relu)), 6),
+    "ops.Relu6": lambda: (_chain(2, _op(ops.relu6)), 6),
+    "ops.Sigmoid": lambda: (_chain(2, _op(ops.sigmoid)), 6),
+    "ops.HardSigmoid": lambda: (_chain(2, _op(ops.hard_sigmoid)), 6),
+    "ops.HardSilu": lambda: (_chain(2, _op(ops.hard_silu)), 6),
+    "ops.Silu": lambda: (_chain(2, _op(ops.silu)), 6),
+    "ops.Gelu": lambda: (_chain(2, _op(ops.gelu)), 6),
+    "ops.Elu": lambda: (_chain(2, _op(ops.elu)), 6),
+    "ops.Selu": lambda: (_chain(2, _op(ops.selu)), 6),
+    "ops.LeakyRelu": lambda: (_chain(2, _op(ops.leaky_relu)), 6),
+    "ops.Softplus": lambda: (_chain(2, _op(ops.softplus)), 6),
+    "ops.Tanh": lambda: (_chain(2, _op(ops.tanh)), 6),
+    "ops.Exp": lambda: (_chain(2, _op(ops.exp)), 6),
+    "ops.Negative": lambda: (_chain(2, _op(ops.negative)), 6),
+    "ops.Absolute": lambda: (_chain(2, _op(ops.absolute)), 6),
+    "ops.Square": lambda: (_chain(2, _op(ops.square)), 6),
+    "ops.Clip": lambda: (_chain(2, _op(lambda x: ops.clip(x, -1, 0.1))), 6),
+    "ops.Cast": lambda: (_chain(2, _op(lambda x: ops.cast(x, "float32"))), 6),
+    "ops.Erf": lambda: (_chain(2, _op(ops.erf)), 6),
+    "ops.StopGradient": lambda: (_chain(2, _op(ops.stop_gradient)), 6),
+    # A zero constant (bias 0) survives padding: it goes.
+    "ops.Pad": lambda: (
+        _chain(2, _op(lambda x: ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])), bias=0),
+        6,
+    ),
+    "ops.Concatenate": lambda: (
+        _two(2, lambda ab: ops.concatenate(ab, axis=-1), widths=(4, 5)),
+        12,
+    ),
+    "ops.Softmax": lambda: (_chain(2, _op(ops.softmax)), 0),
+}
 
 
 # Each entry: () -> (model, expected parameter drop).
@@ -220,6 +308,14 @@ CASES = {
         6,
     ),
     "Normalization": lambda: (_chain(2, _adapted_normalization()), 6 + 2),
+    # gamma, moving mean, moving variance (no beta by default).
+    "BoundedBatchNormalization": lambda: (
+        _chain(2, BoundedBatchNormalization()),
+        6 + 3,
+    ),
+    "LayerScale": _layer_scale_case,
+    "CustomScaleLayer": _custom_scale_case,
+    **OPS_CASES,
 }
 
 
@@ -251,8 +347,13 @@ def test_rule(class_name):
     small = slim(model)
     _assert_same_outputs(model, small)
     assert model.count_params() - small.count_params() == expected_drop
-    used = {type(layer).__name__ for layer in model.layers}
+    used = {_key(op) for op in model.operations}
     assert class_name in used or class_name == "InputLayer"
+
+
+def _key(operation):
+    name = type(operation).__name__
+    return name if isinstance(operation, layers.Layer) else f"ops.{name}"
 
 
 def test_group_normalization_partial_group_is_kept():
