@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from keras_serene.core import checks
+
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 _IDX_FILES = {
@@ -103,10 +105,17 @@ def load_digits(test_fraction=0.2, seed=0):
             stratified by class. Defaults to `0.2`.
         seed: Int. Seed of the split. Defaults to `0`.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(
-            f"`test_fraction` must be in (0, 1). Received: {test_fraction}"
-        )
+    owner = "datasets.load_digits"
+    checks.check_number(
+        owner,
+        "test_fraction",
+        test_fraction,
+        minimum=0.0,
+        maximum=1.0,
+        min_inclusive=False,
+        max_inclusive=False,
+    )
+    checks.check_int(owner, "seed", seed)
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
@@ -144,11 +153,13 @@ def load(name, data_dir=DEFAULT_FASHION_MNIST_DIR):
     folder, or tfds's data folder for `"tfds:"` names (the Fashion-MNIST
     default then means tfds's own default).
     """
-    if not isinstance(name, str):
-        raise TypeError(
-            "datasets.load: `name` must be a string ('digits', "
-            f"'fashion_mnist' or 'tfds:NAME'). Received: name={name!r}"
-        )
+    checks.check_type(
+        "datasets.load",
+        "name",
+        name,
+        str,
+        "be a string ('digits', 'fashion_mnist' or 'tfds:NAME')",
+    )
     if name == "digits":
         return load_digits()
     if name == "fashion_mnist":
@@ -239,19 +250,21 @@ def load_tfds(
     tfds = _tfds()
     import tensorflow as tf
 
-    if not isinstance(name, str) or not name:
-        raise TypeError(
-            "datasets.load_tfds: `name` must be a tfds dataset name. "
-            f"Received: name={name!r}"
-        )
+    owner = "datasets.load_tfds"
+    checks.check_type(owner, "name", name, str, "be a tfds dataset name")
+    checks.check_bool(owner, "as_dataset", as_dataset)
+    checks.check_int(owner, "batch_size", batch_size, minimum=1)
+    checks.check_bool(owner, "download", download)
     if image_size is not None and (
         not isinstance(image_size, (tuple, list))
         or len(image_size) != 2
         or not all(isinstance(d, int) and d > 0 for d in image_size)
     ):
-        raise ValueError(
-            "datasets.load_tfds: `image_size` must be (height, width) of "
-            f"positive ints or None. Received: image_size={image_size!r}"
+        checks.fail(
+            owner,
+            "image_size",
+            "be (height, width) of positive ints or None",
+            image_size,
         )
     splits = _tfds_splits(tfds, name, data_dir)
     try:

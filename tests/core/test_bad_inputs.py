@@ -237,6 +237,18 @@ CASES = [
         ("datasets.load", "`name`", "name='mnist'"),
     ),
     (
+        "digits-test-fraction",
+        lambda: ks.datasets.load_digits(test_fraction=1.0),
+        ValueError,
+        ("datasets.load_digits", "`test_fraction`", "test_fraction=1.0"),
+    ),
+    (
+        "tfds-image-size",
+        lambda: ks.datasets.load_tfds("mnist", image_size=(8,)),
+        ValueError,
+        ("datasets.load_tfds", "`image_size`", "image_size=(8,)"),
+    ),
+    (
         "plot-history-keys",
         lambda: ks.plots.plot_history({"loss": [1.0]}, keys="loss"),
         TypeError,
