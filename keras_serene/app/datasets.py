@@ -247,9 +247,6 @@ def load_tfds(
         `((x_train, y_train), (x_test, y_test))` arrays, or
         `(train_dataset, test_dataset)` when `as_dataset`.
     """
-    tfds = _tfds()
-    import tensorflow as tf
-
     owner = "datasets.load_tfds"
     checks.check_type(owner, "name", name, str, "be a tfds dataset name")
     checks.check_bool(owner, "as_dataset", as_dataset)
@@ -266,6 +263,9 @@ def load_tfds(
             "be (height, width) of positive ints or None",
             image_size,
         )
+    tfds = _tfds()
+    import tensorflow as tf
+
     splits = _tfds_splits(tfds, name, data_dir)
     try:
         train, test = tfds.load(
