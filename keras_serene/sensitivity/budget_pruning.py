@@ -219,12 +219,10 @@ def _per_group_choice(removed, scores, fraction, target):
     exact = fraction * sizes
     quota = np.minimum(np.floor(exact).astype(int), caps)
     quota = np.maximum(quota, done)
-    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
-    for g in order:
-        if quota.sum() >= target:
-            break
-        if quota[g] < caps[g]:
-            quota[g] += 1
+    # Fill up to the target, each time where the share is furthest behind.
+    while quota.sum() < target and np.any(quota < caps):
+        deficit = np.where(quota < caps, exact - quota, -np.inf)
+        quota[int(np.argmax(deficit))] += 1
     return [
         _lowest(s, r, int(q - d))
         for s, r, q, d in zip(scores, removed, quota, done)

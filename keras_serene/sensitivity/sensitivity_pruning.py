@@ -387,4 +387,4 @@ def _bias_lookup(model):
                 table[id(w.variable)] = (bias[0].variable, shape)
             elif bias and w.variable is bias[0].variable:
                 table[id(w.variable)] = (w.variable, w.variable.shape)
-    return table.get
+    return lambda variable: table.get(id(variable))

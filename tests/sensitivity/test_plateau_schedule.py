@@ -40,9 +40,15 @@ def test_plateau_bad_arguments(kwargs, match):
         Plateau(**kwargs)
 
 
-def test_plateau_rejects_nan():
-    with pytest.raises(ValueError, match="non-finite"):
-        Plateau().update(float("nan"))
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_plateau_reports_divergence_and_keeps_its_counters(value):
+    plateau = Plateau(patience=2, tolerance=0.0)
+    assert plateau.update(1.0) == "improved"
+    assert plateau.update(1.2) == "wait"  # Bad epoch 1.
+    assert plateau.update(value) == "diverged"
+    # Neither a bad epoch nor a new best: the next bad epoch is the 2nd.
+    assert plateau.best == 1.0 and plateau.bad_epochs == 1
+    assert plateau.update(1.1) == "plateau"
 
 
 def test_magnitude_statistics_ignore_zeros():

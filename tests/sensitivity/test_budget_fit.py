@@ -1,0 +1,291 @@
+"""SensitivityPruning(target_sparsity=...) inside fit, on digits."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_serene as ks
+from keras_serene.app.datasets import load_digits
+from keras_serene.core import masking as masks
+from two_cpus import run_on_two_cpus
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x, y), (x_test, y_test) = load_digits()
+    return x, y, x_test, y_test
+
+
+def _compile(model, decay=1e-4):
+    model.compile(
+        optimizer=ks.SensitivityOptimizer(
+            keras.optimizers.SGD(0.05, momentum=0.9), decay=decay
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _mlp():
+    keras.utils.set_random_seed(0)
+    return _compile(
+        keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(10),
+            ]
+        )
+    )
+
+
+def _cnn():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(12, 3)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10)(x)
+    return _compile(keras.Model(inputs, outputs))
+
+
+def _fit(model, x, y, pruner, epochs=5, **kwargs):
+    return model.fit(
+        x,
+        y,
+        validation_split=0.1,
+        epochs=epochs,
+        batch_size=64,
+        verbose=0,
+        callbacks=[pruner, *kwargs.pop("callbacks", [])],
+        **kwargs,
+    ).history
+
+
+def test_unstructured_reaches_the_target_by_end_epoch(digits):
+    x, y, x_test, y_test = digits
+    model = _mlp()
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.9, frequency=3, verbose=0
+    )
+    logs = _fit(model, x, y, pruner, epochs=5)
+    # end_epoch = 0.7 * 5 = 3.5: reached inside epoch 4, held after.
+    sparsity = np.array(logs["sparsity"])
+    assert sparsity[0] > 0.3  # Already pruning in the first epoch.
+    assert np.all(np.abs(sparsity[3:] - 0.9) <= 0.005)
+    assert np.all(np.diff(sparsity) >= 0)  # Never decreases.
+    assert logs["scheduled_sparsity"][-1] == 0.9
+    # 21 steps per epoch (1295 / 64), every 7 steps, and at T = 74 (3.5 x 21).
+    steps = [h["step"] for h in pruner.history]
+    assert steps[:3] == [7, 14, 21] and steps[-1] == 74
+    # 10% of a 64-32-16-10 MLP after 5 epochs: well above chance (0.1).
+    assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.6
+
+
+def test_structured_mlp_removes_exactly_the_fraction_and_slims(digits):
+    x, y, x_test, _ = digits
+    model = _mlp()
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.75, structured=True, verbose=0
+    )
+    logs = _fit(model, x, y, pruner, epochs=4)
+    # 48 prunable neurons (not the 10 outputs): 36 go, 24 + 12.
+    assert logs["removed_neurons"][-1] == pytest.approx(36 / 48)
+    first = model.layers[1]
+    dead = np.all(first.kernel.numpy() == 0, axis=0)
+    assert dead.sum() == 24
+    assert np.any(first.bias.numpy()[dead] != 0)  # Biases are kept.
+    slim = ks.slim(ks.strip_masks(model))
+    widths = [l.units for l in slim.layers if isinstance(l, keras.layers.Dense)]
+    assert widths == [8, 4, 10]
+    np.testing.assert_allclose(
+        slim.predict(x_test, verbose=0),
+        model.predict(x_test, verbose=0),
+        atol=1e-4,
+    )
+
+
+def test_structured_cnn_with_batch_norm_slims_with_equal_outputs(digits):
+    x, y, x_test, _ = digits
+    model = _cnn()
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.5, structured=True, criterion="magnitude_global",
+        verbose=0,
+    )  # fmt: skip
+    logs = _fit(model, x, y, pruner, epochs=3)
+    assert logs["removed_neurons"][-1] == pytest.approx(10 / 20)
+    opt = masks.mask_optimizer(model)
+    conv, bn = model.layers[1], model.layers[2]
+    dead = np.all(conv.kernel.numpy() == 0, axis=(0, 1, 2))
+    # The BN channel goes with its conv: gamma masked to zero.
+    assert np.all(bn.gamma.numpy()[dead] == 0)
+    assert np.all(masks.pruned(opt, bn.gamma)[dead])
+    slim = ks.slim(ks.strip_masks(model))
+    channels = sum(
+        l.filters for l in slim.layers if isinstance(l, keras.layers.Conv2D)
+    )
+    assert channels == 20 - 10
+    np.testing.assert_allclose(
+        slim.predict(x_test, verbose=0),
+        model.predict(x_test, verbose=0),
+        atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "serene"])
+def test_data_criteria_reach_the_target(digits, criterion):
+    x, y, x_test, y_test = digits
+    model = _mlp()
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.8,
+        criterion=criterion,
+        validation_data=(x_test, y_test),
+        end_epoch=2,
+        verbose=0,
+    )
+    logs = _fit(model, x, y, pruner, epochs=3)
+    assert logs["sparsity"][-1] == pytest.approx(0.8, abs=0.005)
+
+
+def test_masks_survive_keras_save_load_mid_ramp(digits, tmp_path):
+    x, y, _, _ = digits
+    model = _mlp()
+    settings = dict(target_sparsity=0.9, end_epoch=4, verbose=0)
+    first = _fit(model, x, y, ks.callbacks.SensitivityPruning(**settings), 2)
+    assert 0.3 < first["sparsity"][-1] < 0.85  # Mid-ramp.
+    path = os.path.join(tmp_path, "mid.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    opt, loaded_opt = masks.mask_optimizer(model), masks.mask_optimizer(loaded)
+    kernel, loaded_kernel = model.layers[1].kernel, loaded.layers[1].kernel
+    np.testing.assert_array_equal(
+        masks.pruned(opt, kernel), masks.pruned(loaded_opt, loaded_kernel)
+    )
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations)
+    resumed = _fit(
+        loaded, x, y, ks.callbacks.SensitivityPruning(**settings), 5,
+        initial_epoch=2,
+    )  # fmt: skip
+    assert resumed["sparsity"][0] >= first["sparsity"][-1]
+    assert resumed["sparsity"][-1] == pytest.approx(0.9, abs=0.005)
+    # Entries pruned before saving are still pruned.
+    assert np.all(loaded_kernel.numpy()[masks.pruned(opt, kernel)] == 0)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resumes_bit_identical(digits, tmp_path):
+    x, y, _, _ = digits
+    settings = dict(target_sparsity=0.8, end_epoch=3, verbose=0)
+
+    def run(callbacks):
+        return _fit(
+            model, x, y, ks.callbacks.SensitivityPruning(**settings), 4,
+            shuffle=False, callbacks=callbacks,
+        )  # fmt: skip
+
+    model = _mlp()
+    run([])
+    expected = [w.copy() for w in model.get_weights()]
+    model = _mlp()
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([backup, _Interrupt()])
+    model = _mlp()  # A fresh process would rebuild the model the same way.
+    logs = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+    assert len(logs["sparsity"]) == 2  # Resumed at epoch 3 of 4.
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_mirrored_strategy_reaches_the_target():
+    run_on_two_cpus(
+        """
+        import keras, numpy as np
+        import keras_serene as ks
+        from keras_serene.app.datasets import load_digits
+        (x, y), _ = load_digits()
+        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        with strategy.scope():
+            model = keras.Sequential([
+                keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10)])
+            model.compile(
+                optimizer=ks.SensitivityOptimizer(keras.optimizers.SGD(0.05)),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True))
+        pruner = ks.callbacks.SensitivityPruning(
+            target_sparsity=0.7, end_epoch=2, verbose=0)
+        logs = model.fit(x, y, validation_split=0.1, epochs=3,
+                         batch_size=64, verbose=0, callbacks=[pruner]).history
+        assert abs(logs["sparsity"][-1] - 0.7) <= 0.005, logs["sparsity"]
+        kernel = model.layers[1].kernel.numpy()
+        assert abs(np.mean(kernel == 0) - 0.7) < 0.05
+        """
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"target_sparsity": 1.0}, ValueError, "target_sparsity=1.0"),
+        ({"target_sparsity": 0.0}, ValueError, "target_sparsity=0.0"),
+        ({"target_sparsity": "0.5"}, TypeError, "target_sparsity='0.5'"),
+        ({"begin_epoch": -1}, ValueError, "begin_epoch=-1"),
+        ({"begin_epoch": 3, "end_epoch": 2}, ValueError, "end_epoch=2"),
+        ({"end_epoch": 0}, ValueError, "end_epoch=0"),
+        ({"frequency": 0}, ValueError, "frequency=0"),
+        ({"frequency": 2.5}, TypeError, "frequency=2.5"),
+        ({"patience": -1}, ValueError, "SensitivityPruning.*patience=-1"),
+        ({"criterion": "l3"}, ValueError, "criterion='l3'"),
+    ],
+)
+def test_bad_arguments_name_sensitivity_pruning(kwargs, error, match):
+    kwargs = {"target_sparsity": 0.5, **kwargs}
+    with pytest.raises(error, match=match) as info:
+        ks.callbacks.SensitivityPruning(**kwargs)
+    assert str(info.value).startswith("SensitivityPruning")
+
+
+def test_criterion_without_target_is_an_error():
+    with pytest.raises(ValueError, match="target_sparsity"):
+        ks.callbacks.SensitivityPruning(criterion="taylor")
+
+
+def test_data_criterion_without_data_is_a_clear_error(digits):
+    x, y, _, _ = digits
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.5, criterion="taylor", verbose=0
+    )
+    with pytest.raises(ValueError, match="validation_data"):
+        _fit(_mlp(), x, y, pruner, epochs=1)
+
+
+def test_budgeted_config_round_trip():
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.9, structured=True, begin_epoch=1, end_epoch=5.5,
+        frequency=2, criterion="magnitude_global", verbose=0,
+    )  # fmt: skip
+    config = pruner.get_config()
+    again = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(pruner)
+    )
+    assert isinstance(again, ks.callbacks.SensitivityPruning)
+    assert again.get_config() == config
+    assert config["end_epoch"] == 5.5 and config["criterion"] == (
+        "magnitude_global"
+    )

@@ -1,0 +1,88 @@
+"""One budgeted pruning step, on tiny tensors with hand-worked answers."""
+
+import keras
+import numpy as np
+
+import keras_serene as ks
+from keras_serene.core import masking as masks
+from keras_serene.sensitivity import budget_pruning
+from keras_serene.sensitivity import pruning_criteria
+
+
+def _tiny():
+    model = keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(3), keras.layers.Dense(2)]
+    )
+    model.compile(
+        optimizer=ks.SensitivityOptimizer(keras.optimizers.SGD(0.1)),
+        loss="mse",
+    )
+    opt = masks.mask_optimizer(model)
+    masks.ensure_built(opt, model)
+    return model, opt
+
+
+def test_prune_entries_zeroes_exactly_the_lowest_fraction():
+    model, opt = _tiny()
+    first = model.layers[0]
+    first.kernel.assign([[0.1, -0.9, 0.3], [0.5, -0.2, 0.8]])
+    first.bias.assign([0.05, 0.0, 1.0])
+    second = model.layers[1]
+    second.kernel.assign([[0.4, -0.6], [0.7, 0.15], [-1.0, 0.25]])
+    second.bias.assign([0.35, -2.0])
+    variables = opt.regularized_variables
+    assert len(variables) == 4  # 6 + 3 + 6 + 2 = 17 entries.
+    values = [v.numpy() for v in variables]
+    scores = pruning_criteria.entry_scores(
+        "magnitude", variables, values, None, None
+    )
+    # round(0.3 * 17) = 5: |w| 0.0, 0.05, 0.1, 0.15, 0.2 go.
+    count, cut = budget_pruning.prune_entries(opt, variables, 0.3, scores)
+    assert count == 5 and cut == np.float32(0.2)
+    np.testing.assert_array_equal(
+        first.kernel.numpy(), np.float32([[0, -0.9, 0.3], [0.5, 0, 0.8]])
+    )
+    np.testing.assert_array_equal(first.bias.numpy(), [0, 0, 1])
+    assert masks.pruned(opt, second.kernel).sum() == 1  # 0.15.
+    # A pruned entry stays pruned even if its score is now the highest.
+    scores[3] = np.array([100.0, 100.0])
+    masks.add_flag(opt, second.bias, masks.PRUNED, [False, True], zero=True)
+    count, _ = budget_pruning.prune_entries(opt, variables, 0.3, scores)
+    # 6 forced (5 + the -2.0 bias): the count never goes down.
+    assert count == 6 and second.bias.numpy()[1] == 0.0
+
+
+def test_per_group_choice_takes_the_same_fraction_and_keeps_one():
+    removed = [np.zeros(10, bool), np.zeros(4, bool), np.zeros(2, bool)]
+    scores = [np.arange(10.0)[::-1], np.array([3.0, 1.0, 2.0, 0.0]), np.ones(2)]
+    # 0.5 of 16 = 8: floors 5, 2, 1 -> exactly 8.
+    chosen = budget_pruning._per_group_choice(removed, scores, 0.5, 8)
+    assert [int(c.sum()) for c in chosen] == [5, 2, 1]
+    assert np.flatnonzero(chosen[0]).tolist() == [5, 6, 7, 8, 9]
+    assert np.flatnonzero(chosen[1]).tolist() == [1, 3]
+    # 0.99: every group keeps one channel (9 + 3 + 1).
+    chosen = budget_pruning._per_group_choice(removed, scores, 0.99, 16)
+    assert [int(c.sum()) for c in chosen] == [9, 3, 1]
+
+
+def test_global_choice_normalises_per_group_and_keeps_one():
+    removed = [np.zeros(4, bool), np.zeros(2, bool)]
+    # Group 0 norms are 100x group 1's, but normalised they interleave.
+    scores = [np.array([100.0, 200.0, 300.0, 400.0]), np.array([1.0, 5.0])]
+    chosen = budget_pruning._global_choice(removed, scores, 3)
+    # rms0 = 273.9: 0.365, 0.730, 1.095; rms1 = 3.606: 0.277 (5 is kept).
+    assert np.flatnonzero(chosen[0]).tolist() == [0, 1]
+    assert np.flatnonzero(chosen[1]).tolist() == [0]
+    chosen = budget_pruning._global_choice(removed, scores, 6)
+    assert [int(c.sum()) for c in chosen] == [3, 1]
+
+
+def test_channel_scores_by_hand():
+    slices = [np.array([[3.0, 4.0], [0.0, 1.0]])]
+    np.testing.assert_allclose(
+        pruning_criteria.channel_scores("magnitude", slices, None, []), [5, 1]
+    )
+    np.testing.assert_allclose(
+        pruning_criteria.channel_scores("taylor", [-slices[0]], None, []),
+        [7, 1],
+    )
