@@ -94,6 +94,56 @@ def _check_dataset_spec(owner, arg, dataset, need_labels):
         )
 
 
+def check_inputs_match(owner, arg, model, x):
+    """`x` (arrays or a dataset's inputs) fits `model.inputs`' shapes.
+
+    Called once the model is known (a callback's `on_train_begin`, a
+    metric's start), so a wrongly shaped input fails with its shape and the
+    model's, not inside a side model Keras names for itself.
+    """
+    try:
+        expected = [tuple(t.shape) for t in model.inputs]
+    except (AttributeError, TypeError, ValueError):
+        return  # A subclassed model: Keras checks on the first call.
+    if is_dataset(x):
+        _check_dataset_spec(owner, arg, x, need_labels=True)
+        spec = getattr(x, "element_spec", None)
+        if not isinstance(spec, tuple) or not spec:
+            return
+        got = [
+            (None,) + tuple(s.shape[1:])
+            for s in keras.tree.flatten(spec[0])
+            if getattr(s, "shape", None) is not None
+        ]
+        leaves = None
+    else:
+        leaves = keras.tree.flatten(x)
+        got = [tuple(np.shape(a)) for a in leaves]
+    if len(got) != len(expected):
+        checks.fail(
+            owner,
+            arg,
+            f"hold {len(expected)} input array(s), one per model input of "
+            f"model {model.name!r}",
+            x,
+        )
+    for i, (want, have) in enumerate(zip(expected, got, strict=True)):
+        ok = len(want) == len(have) and all(
+            w is None or h is None or int(w) == int(h)
+            for w, h in zip(want[1:], have[1:], strict=True)
+        )
+        if not ok:
+            shape = tuple("batch" if d is None else d for d in want)
+            part = arg if len(got) == 1 else f"{arg} (input {i})"
+            checks.fail(
+                owner,
+                part,
+                f"have samples shaped {shape}, the input of model "
+                f"{model.name!r}".replace("'batch'", "batch"),
+                x if leaves is None else leaves[i],
+            )
+
+
 def iterate_batches(x, y, batch_size, caller):
     """Yields `(x_batch, y_batch)` from arrays or a batched dataset."""
     if is_dataset(x):

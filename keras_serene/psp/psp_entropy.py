@@ -49,6 +49,7 @@ import numpy as np
 
 from keras_serene.core import checks
 from keras_serene.core import preactivations
+from keras_serene.core.data import check_inputs_match
 from keras_serene.core.data import is_dataset  # noqa: F401 (old name)
 from keras_serene.core.data import iterate_batches
 
@@ -141,6 +142,7 @@ def psp_entropy(
     counter = PSPEntropyCounter(model, layers=layers, per=per)
     _validate_batch_size(batch_size, "psp_entropy")
     num_classes = _validate_num_classes(num_classes, "psp_entropy")
+    check_inputs_match("psp_entropy", "x", model, x)
     for xb, yb in iterate_batches(x, y, batch_size, "psp_entropy"):
         counter.update(xb, yb, num_classes)
     return counter.result(num_classes)

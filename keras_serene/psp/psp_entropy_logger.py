@@ -25,6 +25,7 @@ import keras
 
 from keras_serene.core import checks
 from keras_serene.core.callback_config import from_config_with_data
+from keras_serene.core.data import check_inputs_match
 from keras_serene.core.data import check_xy
 from keras_serene.core.data import is_dataset
 from keras_serene.core.data import iterate_batches
@@ -113,6 +114,13 @@ class PSPEntropyLogger(keras.callbacks.Callback):
         self.result = None
         self.result_epoch = None
         self._get_counter()  # Bad layer names fail before the first epoch.
+        data = self.validation_data
+        check_inputs_match(
+            "PSPEntropyLogger",
+            "validation_data",
+            self.model,
+            data if is_dataset(data) else data[0],
+        )
 
     def measure(self):
         """Measures PSP-entropy on `validation_data` now; returns the dict."""

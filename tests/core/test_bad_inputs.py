@@ -38,6 +38,12 @@ def _logger(*args, **kwargs):
     return ks.callbacks.PSPEntropyLogger(*args, **kwargs)
 
 
+def _fit_with(callback):
+    model = _cnn()
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(X, np.zeros((12, 3)), epochs=1, verbose=0, callbacks=[callback])
+
+
 def _blob():
     return ks.to_tflite(_cnn(), verify_samples=0)
 
@@ -98,6 +104,18 @@ CASES = [
         lambda: ks.metrics.psp_entropy(_cnn(), X, Y[:5]),
         ValueError,
         ("psp_entropy", "(x: 12, y: 5)"),
+    ),
+    (
+        "psp-input-shape",
+        lambda: ks.metrics.psp_entropy(_cnn(), X.reshape(12, 36), Y),
+        ValueError,
+        ("psp_entropy", "`x`", "(batch, 6, 6, 1)", "shape=(12, 36)"),
+    ),
+    (
+        "logger-input-shape-in-fit",
+        lambda: _fit_with(_logger((X.reshape(12, 36), Y))),
+        ValueError,
+        ("PSPEntropyLogger", "`validation_data`", "(batch, 6, 6, 1)"),
     ),
     (
         "psp-batch-size",
