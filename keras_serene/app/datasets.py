@@ -130,13 +130,17 @@ def load_digits(test_fraction=0.2, seed=0):
     return _as_images(x[~test], y[~test]), _as_images(x[test], y[test])
 
 
-def load_available(small=False, data_dir=DEFAULT_FASHION_MNIST_DIR):
+def load_available(small=False, data_dir=DEFAULT_FASHION_MNIST_DIR, name=None):
     """`(name, data)`: Fashion-MNIST when its files are on disk, else digits.
 
     The examples' and benchmarks' choice: the embedded digits when `small`
     (a smoke run) or when no Fashion-MNIST files are installed, so nothing
-    needs the network.
+    needs the network. `name` (`"digits"`, `"fashion_mnist"`,
+    `"tfds:NAME"`) asks for one dataset instead, e.g. from a script's
+    `--dataset` flag; `small` does not override it.
     """
+    if name is not None:
+        return name, load(name, data_dir)
     if small or not fashion_mnist_available(data_dir):
         return "digits", load_digits()
     return "fashion_mnist", load_fashion_mnist(data_dir)

@@ -78,6 +78,16 @@ def test_bad_names_are_clear_errors():
         ks.datasets.load_tfds("mnist", image_size=(8,))
 
 
+def test_load_available_takes_a_name():
+    with tfds.testing.mock_data(num_examples=6):
+        name, ((x, _), _) = ks.datasets.load_available(
+            small=True, name="tfds:mnist"
+        )
+    assert name == "tfds:mnist" and x.shape == (6, 28, 28, 1)
+    name, ((x, _), _) = ks.datasets.load_available(small=True)
+    assert name == "digits" and x.shape[1:] == (8, 8, 1)
+
+
 def test_digits_by_name():
     (x, y), (x_test, y_test) = ks.datasets.load("digits")
     assert x.shape[1:] == (8, 8, 1) and len(x) + len(x_test) == 1797
