@@ -7,7 +7,9 @@ network) or Fashion-MNIST (`--dataset fashion_mnist`):
 2. the same network, from the same initial weights, trained with
    `ks.SensitivityOptimizer` (LOBSTER by default, or SeReNe / the NeurIPS 2018
    output sensitivity through `ks.SensitivityModel`) and
-   `ks.callbacks.SensitivityPruning`;
+   `ks.callbacks.SensitivityPruning(target_sparsity=...)`: the budgeted
+   schedule, a cubic ramp to the target by 70% of the epochs (`--structured`:
+   the fraction of hidden neurons removed), then recovery;
 3. `ks.strip_masks`, then `ks.slim` (dead neurons physically removed), then
    `ks.to_tflite` (builtins-only LiteRT flatbuffer, verified);
 4. a before/after table (parameters, nonzero, test accuracy, `.tflite`
@@ -16,9 +18,11 @@ network) or Fashion-MNIST (`--dataset fashion_mnist`):
    dense: its zeros are gone) and `report.json` (plus PNG plots when
    matplotlib is there; `keras-serene report out/report.json` draws them).
 
-Short runs: LOBSTER's plateau rule (a plateau is 1% above the best validation
-loss for `patience` epochs) rarely fires within a few dozen epochs, so the
-demo asks for a 1% improvement instead (`plateau_tolerance=-0.01`).
+`--schedule plateau` runs the papers' plateau + bisection schedule instead.
+LOBSTER's plateau rule (a plateau is 1% above the best validation loss for
+`patience` epochs) rarely fires within a few dozen epochs, so the demo then
+asks for a 1% improvement (`plateau_tolerance=-0.01`). Both train with SGD
+0.05, momentum 0.9 (the dense baseline too).
 """
 
 import argparse
@@ -33,18 +37,32 @@ from keras_serene.app import datasets
 from keras_serene.app import zoo
 
 #: Per-dataset budget: batch size, then (epochs, plateau patience) of a full
-#: and of a `--quick` run.
+#: and of a `--quick` run. `"tfds:NAME"` datasets get Fashion-MNIST's.
 BUDGETS = {
     "digits": (32, {"full": (60, 3), "quick": (20, 1)}),
     "fashion_mnist": (100, {"full": (20, 2), "quick": (6, 1)}),
 }
 
 
+def _dataset(name):
+    if name in BUDGETS or (name.startswith("tfds:") and len(name) > 5):
+        return name
+    raise argparse.ArgumentTypeError(
+        f"--dataset must be 'digits', 'fashion_mnist' or 'tfds:NAME'; got "
+        f"{name!r}"
+    )
+
+
 def build_parser(parser=None):
     """Adds the demo's arguments to `parser` (a new one if None)."""
     if parser is None:
         parser = argparse.ArgumentParser(prog="keras-serene demo")
-    parser.add_argument("--dataset", choices=sorted(BUDGETS), default="digits")
+    parser.add_argument(
+        "--dataset",
+        type=_dataset,
+        default="digits",
+        help="digits, fashion_mnist or tfds:NAME",
+    )
     parser.add_argument(
         "--data-dir",
         default=datasets.DEFAULT_FASHION_MNIST_DIR,
@@ -64,6 +82,23 @@ def build_parser(parser=None):
         type=float,
         default=None,
         help="regularization strength (default by dataset)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=["budgeted", "plateau"],
+        default="budgeted",
+        help="budgeted: a ramp to --target-sparsity; plateau: the papers'",
+    )
+    parser.add_argument(
+        "--target-sparsity",
+        type=float,
+        default=0.9,
+        help="budgeted: fraction of weights (--structured: neurons) removed",
+    )
+    parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="budgeted: remove whole neurons / channels (ks.slim shrinks)",
     )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
@@ -99,6 +134,10 @@ def _compile(model, optimizer):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+
+
+def _sgd():
+    return keras.optimizers.SGD(0.05, momentum=0.9)
 
 
 def _accuracy(model, x, y):
@@ -147,22 +186,29 @@ def run(args):
     import keras_serene as ks
 
     keras.utils.set_random_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = (
-        datasets.load_digits(seed=args.seed)
-        if args.dataset == "digits"
-        else datasets.load_fashion_mnist(args.data_dir)
+    (x_train, y_train), (x_test, y_test) = datasets.load(
+        args.dataset, args.data_dir
     )
-    batch_size, budgets = BUDGETS[args.dataset]
+    batch_size, budgets = BUDGETS.get(args.dataset, BUDGETS["fashion_mnist"])
     epochs, patience = budgets["quick" if args.quick else "full"]
     epochs = args.epochs or epochs
     patience = args.patience or patience
-    decay = args.decay if args.decay is not None else 1e-3
+    budgeted = args.schedule == "budgeted"
+    decay = args.decay if args.decay is not None else (
+        1e-4 if budgeted else 1e-3
+    )
     os.makedirs(args.out, exist_ok=True)
     say = print if args.verbose else (lambda *a, **k: None)
     say(
         f"keras-serene demo: {args.model} on {args.dataset} "
         f"({len(x_train)} train / {len(x_test)} test), {epochs} epochs, "
-        f"sensitivity={args.sensitivity!r}, decay={decay}"
+        f"sensitivity={args.sensitivity!r}, decay={decay}, "
+        + (
+            f"budgeted schedule to {args.target_sparsity:.0%} of the "
+            + ("neurons" if args.structured else "weights")
+            if budgeted
+            else "plateau schedule"
+        )
     )
 
     build = zoo.get(
@@ -186,7 +232,7 @@ def run(args):
         num_classes=int(y_train.max()) + 1,
     )
     dense.set_weights(initial_weights)
-    _compile(dense, keras.optimizers.SGD(0.1))
+    _compile(dense, _sgd())
     dense.fit(x_train, y_train, **fit_kwargs)
     dense_seconds = time.perf_counter() - start
 
@@ -194,18 +240,25 @@ def run(args):
     start = time.perf_counter()
     model = build
     optimizer = ks.SensitivityOptimizer(
-        keras.optimizers.SGD(0.1), sensitivity=args.sensitivity, decay=decay
+        _sgd(), sensitivity=args.sensitivity, decay=decay
     )
     trainer = (
         model if args.sensitivity == "loss" else ks.SensitivityModel(model)
     )
     _compile(trainer, optimizer)
-    pruning = ks.callbacks.SensitivityPruning(
-        patience=patience,
-        tolerance=args.tolerance,
-        plateau_tolerance=-0.01,
-        verbose=args.verbose,
-    )
+    if budgeted:
+        pruning = ks.callbacks.SensitivityPruning(
+            target_sparsity=args.target_sparsity,
+            structured=args.structured,
+            verbose=0,
+        )
+    else:
+        pruning = ks.callbacks.SensitivityPruning(
+            patience=patience,
+            tolerance=args.tolerance,
+            plateau_tolerance=-0.01,
+            verbose=args.verbose,
+        )
     history = trainer.fit(x_train, y_train, callbacks=[pruning], **fit_kwargs)
     pruned_seconds = time.perf_counter() - start
 
