@@ -29,7 +29,7 @@ one rule instance.
   operation the table does not know): inputs and outputs pinned.
 
 A rule may carry `check(layer, input_shapes, output_shapes) -> None |
-(kind, reason)` to change its kind for one unusual instance (a grouped
+(kind or rule, reason)` to change its kind for one unusual instance (a grouped
 convolution, `channels_first`...), and `configure(config, keep_in,
 keep_out) -> config` to update a layer config for the kept channels.
 
@@ -118,6 +118,8 @@ class ChannelRule:
         return self.as_kind(kind), reason
 
     def as_kind(self, kind):
+        if isinstance(kind, ChannelRule):
+            return kind
         if kind == self.kind:
             return self
         cls = RULE_KINDS.get(kind)

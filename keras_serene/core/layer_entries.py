@@ -28,10 +28,29 @@ def _channels_last(layer):
     return None
 
 
+def _configure_grouped_depthwise(config, keep_in, keep_out):
+    config["filters"] = config["groups"] = int(np.sum(keep_out))
+    return config
+
+
+# Conv(groups == filters == input channels) is a depthwise convolution
+# (ConvNeXt's): channel c of the output depends on channel c only.
+_GROUPED_DEPTHWISE = cr.Passes(
+    channel_weights={"kernel": -1, "bias": 0},
+    constant_weight="kernel",
+    configure=_configure_grouped_depthwise,
+)
+
+
 def check_produces(layer, input_shapes, output_shapes):
     result = _channels_last(layer)
-    if result is None and getattr(layer, "groups", 1) != 1:
-        result = ("boundary", f"grouped convolution (groups={layer.groups})")
+    groups = getattr(layer, "groups", 1)
+    if result is None and groups != 1:
+        if groups == layer.filters == input_shapes[0][-1]:
+            if cr.mixing_activation(layer):
+                return ("pins", cr.mixing_activation(layer))
+            return (_GROUPED_DEPTHWISE, None)
+        result = ("boundary", f"grouped convolution (groups={groups})")
     if result is None and getattr(layer, "depth_multiplier", 1) != 1:
         result = ("boundary", f"depth_multiplier={layer.depth_multiplier}")
     return result

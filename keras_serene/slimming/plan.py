@@ -12,8 +12,10 @@ Data structure (stable, used by `ks.prune_by_importance`):
     - `id`: Int. Its index in `plan.groups`.
     - `size`: Int. Number of channels.
     - `members`: list of `GroupMember(layer, weight, axis, role, indices,
-      repeat_stride, repeats)`: channel `i` of the group is the slice
-      `indices[i] + k * repeat_stride` (`k < repeats`) of `weight` (a weight
+      repeat_stride, repeats, offsets)`: channel `i` of the group is the slice
+      `indices[i] + k * repeat_stride` (`k < repeats`; or `indices[i] + o`
+      for `o` in `offsets` when a channel recurs irregularly, as coupled
+      operands of one Concatenate do in NASNet) of `weight` (a weight
       name such as `"kernel"`, `"gamma"`) along `axis` (non-negative) of the
       layer at path `layer` (`"block/conv"` inside a nested model). `role` is
       `"produces"` (the layer creates the channel: a kernel's output axis and
@@ -72,6 +74,8 @@ class GroupMember:
             to `0`.
         repeats: Int. Positions per channel (Flatten: spatial positions).
             Defaults to `1`.
+        offsets: list of Int or `None`. Irregular repeats: the positions
+            of channel `i` are `indices[i] + o`. Defaults to `None`.
     """
 
     layer: str
@@ -81,12 +85,16 @@ class GroupMember:
     indices: list
     repeat_stride: int = 0
     repeats: int = 1
+    offsets: list = None
 
     def positions(self, channels):
         """The weight positions on `axis` owned by the given channels."""
         out = []
         for i in channels:
             base = self.indices[i]
+            if self.offsets is not None:
+                out.extend(base + o for o in self.offsets)
+                continue
             step = self.repeat_stride
             out.extend(base + k * step for k in range(self.repeats))
         return out
@@ -281,13 +289,16 @@ def _member(layer, path, weight, axis, role, table):
     axis = axis % len(array.shape)
     repeats = table.shape[1]
     stride = int(table[0, 1] - table[0, 0]) if repeats > 1 else 0
-    expected = table[:, :1] + stride * np.arange(repeats)
-    if not np.array_equal(table, expected):
+    first = table[:, 0].tolist()
+    relative = table - table[:, :1]
+    if np.array_equal(relative, np.broadcast_to(stride * np.arange(repeats), relative.shape)):
+        return GroupMember(path, weight, axis, role, first, stride, repeats)
+    if not (relative == relative[:1]).all():
         raise ValueError(
             f"slimming_plan: irregular channel layout at {path}/{weight}."
         )
-    first = table[:, 0].tolist()
-    return GroupMember(path, weight, axis, role, first, stride, repeats)
+    offsets = relative[0].tolist()
+    return GroupMember(path, weight, axis, role, first, 0, repeats, offsets)
 
 
 def build_plan(analysis, model_name):

@@ -351,3 +351,145 @@ def test_sequential_model_stays_sequential():
     assert isinstance(small, keras.Sequential)
     # c: 2 + 1, Dense rows: 36 positions x 3.
     assert model.count_params() - small.count_params() == 3 + 36 * 3
+
+
+def test_softmax_sequential_pins_outputs_only():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            layers.Dense(6, activation="relu", name="hidden"),
+            layers.Dense(4, activation="softmax", name="probs"),
+        ]
+    )
+    _kill(model, "hidden", [1, 4], bias=0.3)  # relu(0.3): folded
+    plan = ks.slimming_plan(model)
+    out = plan.group_of("probs")
+    assert out.pinned
+    assert "activation 'softmax' mixes channels (probs)" in out.reasons
+    assert plan.group_of("hidden").removed == [1, 4]
+    small = ks.slim(model)
+    _check(model, small)
+    # hidden: 2 x (5 + 1), probs: 2 input rows x 4.
+    assert model.count_params() - small.count_params() == 12 + 8
+
+
+def test_functional_model_with_keras_ops():
+    from keras import ops
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    a = layers.Conv2D(4, 1, name="a")(inputs)
+    b = layers.Conv2D(4, 1, name="b")(inputs)
+    x = ops.relu(a + 3.0)  # ops.Add with a scalar, then ops.Relu
+    x = ops.multiply(ops.add(x, b), 0.5)  # couples a and b
+    x = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(x))
+    assert any(
+        not isinstance(op, layers.Layer) for op in model.operations
+    )  # the ops are graph nodes outside model.layers
+    # Channel 2 dead in both: relu(-3 + 3) + 0 = 0, padding keeps it 0.
+    _kill(model, "a", [2], bias=-3.0)
+    _kill(model, "b", [2], bias=0.0)
+    plan = ks.slimming_plan(model)
+    group = plan.group_of("a")
+    assert group is plan.group_of("b") and group.coupled
+    assert group.removed == [2]
+    small = ks.slim(model)
+    _check(model, small)
+    # a and b: 2 + 1 each, head: one row of 2.
+    assert model.count_params() - small.count_params() == 3 + 3 + 2
+
+
+def test_dense_subclass_is_slimmed_like_dense():
+    from keras_serene.core import neurons
+
+    class MyDense(layers.Dense):
+        pass
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    x = MyDense(4, activation="relu", name="mine")(inputs)
+    model = keras.Model(inputs, layers.Dense(3, name="head")(x))
+    _kill(model, "mine", [0], bias=0.5)
+    assert [la.name for la, _ in neurons.neuron_layers(model)] == [
+        "mine",
+        "head",
+    ]
+    small = ks.slim(model)
+    _check(model, small)
+    assert type(small.get_layer("mine")) is MyDense
+    assert model.count_params() - small.count_params() == 6 + 3
+
+
+def test_unknown_operation_stops_the_flow_with_a_reason():
+    from keras import ops
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(4, 1, name="c")(inputs)
+    x = ops.flip(x, axis=1)  # not in the layer table
+    x = layers.Conv2D(3, 1, name="d")(x)
+    model = keras.Model(inputs, layers.Flatten()(x))
+    _kill(model, "c", [1], bias=0.0)
+    group = ks.slimming_plan(model).group_of("c")
+    assert group.pinned and group.removed == [] and group.dead == [1]
+    assert any("keras.ops Flip is not in the layer table" in r for r in group.reasons)
+    small = ks.slim(model)
+    _check(model, small)
+    assert small.count_params() == model.count_params()
+
+
+def test_operation_with_several_outputs_is_refused_by_name():
+    from keras import ops
+
+    inputs = keras.Input((6,))
+    x = layers.Dense(4, name="d")(inputs)
+    first, second = ops.split(x, 2, axis=-1)
+    model = keras.Model(inputs, layers.Dense(2)(ops.add(first, second)))
+    with pytest.raises(ValueError, match=r"operation 'split\w*' \(keras.ops Split\) returns several tensors"):
+        ks.slimming_plan(model)
+
+
+def test_slim_applies_the_plan_it_is_given(monkeypatch):
+    from keras_serene.slimming import apply as apply_lib
+
+    keras.utils.set_random_seed(0)
+    model = _residual()
+    _kill(model, "inner", [0, 3], bias=0.0)
+    plan = ks.slimming_plan(model)
+    assert plan.analysis is not None
+    text = plan.to_json()
+
+    def no_new_analysis(graph):
+        raise AssertionError("slim re-analysed a model it had a plan for")
+
+    monkeypatch.setattr(apply_lib, "ChannelAnalysis", no_new_analysis)
+    small = ks.slim(model, plan)
+    _check(model, small)
+    assert small.get_layer("inner").filters == 2
+    monkeypatch.undo()
+    again = SlimmingPlan.from_json(text)  # no analysis: checked, then used
+    assert again.analysis is None
+    assert ks.slim(model, again).count_params() == small.count_params()
+
+
+def test_bounded_batch_norm_gamma_zero_is_not_constant():
+    from keras_serene.rni.bounded_batch_normalization import (
+        BoundedBatchNormalization,
+    )
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(4, 1, name="c")(inputs)
+    x = BoundedBatchNormalization(name="bbn")(x)
+    model = keras.Model(inputs, layers.Flatten()(layers.Conv2D(3, 1)(x)))
+    weights = model.get_layer("bbn").get_weights()
+    weights[0][:] = 0.0  # sigmoid(0) = 0.5: every channel still scales x
+    model.get_layer("bbn").set_weights(weights)
+    group = ks.slimming_plan(model).group_of("bbn")
+    assert group.dead == [] and group.removed == []
+    small = ks.slim(model)
+    _check(model, small)
+    assert small.count_params() == model.count_params()
