@@ -40,11 +40,11 @@ def mask_optimizer(model_or_optimizer, caller="keras_serene"):
     found = masking_layers(optimizer)
     if not found:
         raise ValueError(
-            f"{caller}: the model's optimizer must hold the pruning and "
+            f"{caller}: the model's `optimizer` must hold the pruning and "
             "freezing masks: compile with `ks.MaskingOptimizer(optimizer)` "
             "(masks only) or `ks.SensitivityOptimizer(optimizer, ...)` "
             "(masks and the sensitivity decay) around your optimizer. "
-            f"Received: optimizer={optimizer!r}"
+            f"Received: optimizer={type(optimizer).__name__}"
         )
     return found[0]
 

@@ -141,6 +141,10 @@ def test_config_round_trip():
     [
         ({"decay": -1.0}, ValueError, "decay=-1.0"),
         ({"decay": "big"}, TypeError, "decay='big'"),
+        ({"decay": float("nan")}, ValueError, "finite.*Received: decay=nan"),
+        ({"decay": float("inf")}, ValueError, "finite.*Received: decay=inf"),
+        ({"decay": -float("inf")}, ValueError, "decay=-inf"),
+        ({"mask_gradients": "yes"}, TypeError, "mask_gradients='yes'"),
         ({"sensitivity": "gradient"}, ValueError, "sensitivity='gradient'"),
         ({"clipnorm": 1.0}, ValueError, "set `clipnorm` on the"),
         ({"weight_decay": 0.1}, ValueError, "set `weight_decay` on the"),
@@ -156,6 +160,31 @@ def test_bad_arguments(kwargs, error, match):
 def test_inner_must_be_keras_optimizer():
     with pytest.raises(TypeError, match="inner_optimizer"):
         ks.SensitivityOptimizer("sgd")
+
+
+def test_a_sensitivity_optimizer_of_a_sensitivity_optimizer_is_refused():
+    # It would decay twice and hold two sets of masks.
+    inner = ks.SensitivityOptimizer(keras.optimizers.SGD(0.1))
+    with pytest.raises(
+        ValueError,
+        match=r"SensitivityOptimizer: `inner_optimizer` must not hold masks"
+        r".*contains a SensitivityOptimizer",
+    ):
+        ks.SensitivityOptimizer(inner)
+
+
+def test_mask_gradients_round_trips_and_zeroes_masked_gradients():
+    opt = ks.SensitivityOptimizer(
+        keras.optimizers.SGD(0.1, momentum=0.9), decay=0.0, mask_gradients=True
+    )
+    restored = ks.SensitivityOptimizer.from_config(opt.get_config())
+    assert restored.mask_gradients is True
+    w = keras.Variable(np.ones((2, 2), "float32"))
+    opt.build([w])
+    masks.set_flag(opt, w, masks.FROZEN, [[True, False], [False, False]])
+    opt.apply([np.ones((2, 2), "float32")], [w])
+    momentum = keras.ops.convert_to_numpy(opt.inner_optimizer.momentums[0])
+    np.testing.assert_allclose(momentum, [[0.0, -0.1], [-0.1, -0.1]])
 
 
 def _mlp():
