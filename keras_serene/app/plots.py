@@ -43,6 +43,7 @@ from keras_serene.app.tradeoff import compression_ratios  # noqa: F401
 from keras_serene.app.tradeoff import label_clusters  # noqa: F401
 from keras_serene.app.tradeoff import percent_formatter
 from keras_serene.app.tradeoff import plot_accuracy_vs_compression  # noqa: F401
+from keras_serene.core import checks
 
 KNOWN_GROUPS = (
     "accuracy",
@@ -88,6 +89,7 @@ def plot_psp_entropy(result, bins=30, path=None, title=None):
     Returns:
         The `matplotlib.figure.Figure`.
     """
+    checks.check_int("plot_psp_entropy", "bins", bins, minimum=1)
     runs = _psp_runs(result)
     layer_names = []
     for layers in runs.values():

@@ -20,6 +20,7 @@ when it is named like a normalization statistic (`moving_mean`,
 import keras
 import numpy as np
 
+from keras_serene.core import checks
 from keras_serene.core import neurons as neurons_lib
 
 #: Variable names of normalization statistics (Keras BatchNormalization and
@@ -57,15 +58,27 @@ def summary(model, print_fn=None):
         `nonzero`, `sparsity`, `compression`, `neurons`, `alive_neurons`)
         and `architecture` (widths before -> alive widths).
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "summary: `model` must be a keras.Model. Received "
-            f"{type(model).__name__}."
-        )
+    checks.check_type(
+        "summary", "model", model, keras.Model, "be a keras.Model"
+    )
     if not model.built:
-        raise ValueError(
-            f"summary: model {model.name!r} is not built; call it on data or "
-            "build it first."
+        checks.fail(
+            "summary",
+            "model",
+            "be built (call it on data first); it is not",
+            model,
+        )
+    if (
+        print_fn is not None
+        and print_fn is not False
+        and not callable(print_fn)
+    ):
+        checks.fail(
+            "summary",
+            "print_fn",
+            "be a callable, None or False",
+            print_fn,
+            TypeError,
         )
     alive_by_layer = {
         id(layer): neurons_lib.alive_neurons(weights)

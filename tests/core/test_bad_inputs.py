@@ -247,7 +247,25 @@ CASES = [
         TypeError,
         ("summary", "`model`", "keras.Model"),
     ),
+    (
+        "summary-unbuilt",
+        lambda: ks.summary(keras.Sequential([keras.layers.Dense(2)])),
+        ValueError,
+        ("summary", "`model`", "be built", "Received: model=<Sequential"),
+    ),
+    (
+        "summary-print-fn",
+        lambda: ks.summary(_cnn(), print_fn="stdout"),
+        TypeError,
+        ("summary", "`print_fn`", "print_fn='stdout'"),
+    ),
     # Data and figures.
+    (
+        "plot-psp-bins",
+        lambda: ks.plots.plot_psp_entropy({"fc": [0.1, 0.2]}, bins=0),
+        ValueError,
+        ("plot_psp_entropy", "`bins`", "bins=0"),
+    ),
     (
         "datasets-name",
         lambda: ks.datasets.load("mnist"),

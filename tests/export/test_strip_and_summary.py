@@ -162,5 +162,5 @@ def test_summary_leaves_batch_norm_statistics_out(frozen):
 
 def test_summary_rejects_unbuilt_model():
     model = keras.Sequential([keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="not built"):
+    with pytest.raises(ValueError, match="summary: `model` must be built"):
         ks.summary(model)
