@@ -5,7 +5,6 @@ flatbuffer in `ai_edge_litert`, `tflite_latency` and `latency_ratios` time it
 (`latency`); `ks.summary` lives in `keras_serene.export.summary`.
 """
 
-from keras_serene.export.latency import format_latency_ratios
 from keras_serene.export.latency import latency_ratios
 from keras_serene.export.tflite import run_tflite
 from keras_serene.export.tflite import tflite_latency

@@ -7,8 +7,8 @@ measured side by side, so `latency_ratios` times every flatbuffer in turn,
 `repeats` times (each time the median of `runs` invocations, interleaved so
 a slowdown of the machine hits all of them alike), and reports each one's
 ratio to a reference (the dense model) as the median and the min-max range
-over the repeats. `format_latency_ratios` prints that table, the one the
-demo and `keras-serene report` show.
+over the repeats. `keras_serene.app.report.format_latency_table` prints it
+(the demo's and `keras-serene report`'s table).
 
 `tflite_latency` is the single median (seconds), batch of one, in the
 `ai_edge_litert` interpreter.
@@ -112,10 +112,10 @@ def latency_ratios(
     Example:
 
     ```python
-    result = ks.export.latency.latency_ratios(
+    result = ks.export.latency_ratios(
         {"dense": dense_blob, "pruned": pruned_blob, "slim": slim_blob})
     result["slim"]["ratio"]          # e.g. 0.52: about twice as fast
-    print(ks.export.latency.format_latency_ratios(result))
+    print(ks.report.format_latency_table(result))
     ```
 
     Args:
@@ -172,26 +172,3 @@ def summarize_latencies(times, reference):
             "reference": reference,
         }
     return result
-
-
-def format_latency_ratios(result):
-    """The ratio table: `name  ratio (min-max)  median ms (min-max)`."""
-    reference = next(iter(result.values()))["reference"]
-    repeats = next(iter(result.values()))["repeats"]
-    header = (
-        f"{'model':<10}{'latency / ' + reference:>18}{'(min-max)':>16}"
-        f"{'median ms':>12}{'(min-max)':>20}"
-    )
-    lines = [header, "-" * len(header)]
-    for name, r in result.items():
-        lines.append(
-            f"{name:<10}{r['ratio']:>18.2f}"
-            f"{r['ratio_min']:>9.2f}-{r['ratio_max']:<6.2f}"
-            f"{r['latency_ms']:>12.4f}"
-            f"{r['latency_ms_min']:>11.4f}-{r['latency_ms_max']:<8.4f}"
-        )
-    lines.append(
-        f"(single-thread LiteRT, batch of one; {repeats} interleaved "
-        "repeats, each the median of its invocations)"
-    )
-    return "\n".join(lines)
