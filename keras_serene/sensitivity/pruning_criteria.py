@@ -65,13 +65,16 @@ def sample_batches(data):
     return batches
 
 
-def gradient_statistics(model, batches, criterion):
+def gradient_statistics(model, batches, criterion, compiled=None):
     """`{id(variable): numpy array}` of the criterion's data statistic.
 
     `"taylor"`: the batch-mean `|dL/dw|` (mean over the sampled batches) of
     every trainable variable. `"serene"`: `|d(mean_b sum_k y_bk / K)/db|`
-    for every bias, the neuron sensitivity lower bound.
+    for every bias, the neuron sensitivity lower bound. `compiled` is the
+    compiled model whose loss is used (`model` itself by default; the
+    `ks.SensitivityModel` around it when training through one).
     """
+    compiled = model if compiled is None else compiled
     import tensorflow as tf
 
     variables = list(model.trainable_variables)
@@ -80,7 +83,7 @@ def gradient_statistics(model, batches, criterion):
         with tf.GradientTape() as tape:
             outputs = model(x, training=False)
             if criterion == "taylor":
-                scalar = model.compute_loss(x=x, y=y, y_pred=outputs)
+                scalar = compiled.compute_loss(x=x, y=y, y_pred=outputs)
             else:
                 k = keras.ops.shape(outputs)[-1]
                 scalar = keras.ops.mean(keras.ops.sum(outputs, axis=-1)) / k

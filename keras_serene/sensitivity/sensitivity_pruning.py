@@ -245,11 +245,13 @@ class SensitivityPruning(PlateauPruningMixin, keras.callbacks.Callback):
                 )
             self._batches = criteria.sample_batches(self.validation_data)
         self._channels = None
+        # Through `ks.SensitivityModel`, the user's model is `.model`.
+        self._net = _user_model(self.model)
         if self._structured:
             from keras_serene.slimming import slimming_plan
 
             self._channels = budget_pruning.ChannelPruner(
-                self.model, self.optimizer, slimming_plan(self.model)
+                self._net, self.optimizer, slimming_plan(self._net)
             )
             if not self._channels.groups:
                 raise ValueError(
@@ -298,7 +300,7 @@ class SensitivityPruning(PlateauPruningMixin, keras.callbacks.Callback):
             return
         if self._batches is not None:
             new = criteria.gradient_statistics(
-                self.model, self._batches, self.criterion
+                self._net, self._batches, self.criterion, self.model
             )
             if self._statistics is None:
                 self._statistics = new
@@ -374,6 +376,12 @@ class SensitivityPruning(PlateauPruningMixin, keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _user_model(model):
+    from keras_serene.sensitivity.sensitivity_model import SensitivityModel
+
+    return model.model if isinstance(model, SensitivityModel) else model
 
 
 def _bias_lookup(model):
