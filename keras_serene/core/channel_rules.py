@@ -1,4 +1,4 @@
-"""Channel rules: how one layer (or operation) moves, owns and consumes channels.
+"""Channel rules: how a layer (or operation) moves, owns, consumes channels.
 
 One small class per rule *kind*, as Torch-Pruning's `torch_pruning/pruner/
 function.py` has one class per layer type: each kind's behaviour is a method
@@ -198,7 +198,12 @@ class Produces(ChannelRule):
     sink = True
 
     def __init__(
-        self, in_weights, out_weights, size_key, sink, check=None,
+        self,
+        in_weights,
+        out_weights,
+        size_key,
+        sink,
+        check=None,
         configure=None,
     ):
         super().__init__(check=check, configure=configure)
@@ -274,8 +279,12 @@ class Passes(ChannelRule):
     kind = "passes"
 
     def __init__(
-        self, channel_weights=None, constant_weight=None, shift_weight=None,
-        check=None, configure=None,
+        self,
+        channel_weights=None,
+        constant_weight=None,
+        shift_weight=None,
+        check=None,
+        configure=None,
     ):
         super().__init__(check=check, configure=configure)
         self.channel_weights = dict(channel_weights or {})

@@ -31,7 +31,6 @@ from keras import ops
 from keras_serene.core import layer_table
 from keras_serene.core import neurons as neurons_lib
 
-
 #: Layer class name -> `fn(layer, inputs)` giving the layer's output before
 #: its bias and activation (the layer table's `linear_part` field, declared
 #: in `core/layer_entries.py`). The bias is added by `linear_part`.
@@ -165,8 +164,8 @@ def preactivation_model(model, layers=None, caller="preactivation_model"):
         model: A built Functional or Sequential `keras.Model` (nested
             Functional/Sequential models are followed). Not modified.
         layers: List of layers of `model` to probe, or `None` for every layer
-            holding neurons (`keras_serene.core.neurons.NEURON_WEIGHTS`). Defaults
-            to `None`.
+            holding neurons (the layer table's `neuron_weights`). Defaults to
+            `None`.
         caller: String naming the public function in error messages.
 
     Returns:

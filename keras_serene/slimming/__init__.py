@@ -1,9 +1,13 @@
 """Physical slimming: remove constant channels from a Keras model exactly.
 
-`slimming_plan(model)` finds the coupled channel groups (plan.py), `slim(model,
-plan=None)` returns a new, smaller plain Keras model with the same outputs
-(apply.py). How each layer class moves channels is one table (rules.py);
-`register_rule` adds a custom layer.
+`slimming_plan(model)` reads the functional graph (graph.py: layers and
+Keras operations), finds coupled and constant channels (channels.py) and
+returns the plan of channel groups, which carries its analysis (plan.py);
+`slim(model, plan=None)` applies that plan and returns a new, smaller plain
+Keras model with the same outputs (apply.py). How each layer class moves
+channels is the `channel_rule` field of the one layer table
+(`keras_serene.core.layer_table`, looked up through the class hierarchy);
+`register_rule` adds a custom layer (rules.py).
 
 References:
     EIDOSLAB `simplify` (Bragagnolo et al., SoftwareX 2022) and Torch-Pruning

@@ -12,9 +12,10 @@ rebuilt as nested models) and given the sliced weights. The input model is
 never modified.
 
 References:
-    Papers.md section 7 (fold `act(b_n)` into the next bias, then drop the
-    neuron's column and the consumers' rows); EIDOSLAB `simplify`
-    (Bragagnolo et al., SoftwareX 2022).
+    Bragagnolo et al., "Simplify: A Python library for optimizing pruned
+    neural networks", SoftwareX 2022 (EIDOSLAB `simplify`, `simplify/
+    fuse.py` and `propagate.py`: fold `act(b_n)` into the next bias, then
+    drop the neuron's column and the consumers' rows).
 """
 
 import copy
@@ -31,7 +32,6 @@ from keras_serene.slimming.graph import read_graph
 from keras_serene.slimming.plan import SlimmingPlan
 from keras_serene.slimming.plan import build_plan
 from keras_serene.slimming.plan import slimming_plan
-
 
 
 def _weights_by_name(layer):
@@ -241,7 +241,9 @@ def _removed_by(plan, analysis):
     """The channel classes the plan removes, checked to be removable."""
     removed = set()
     for group, classes in zip(plan.groups, analysis.group_classes):
-        live = sorted(i for i in group.removed if classes[i] not in analysis.removable)
+        live = sorted(
+            i for i in group.removed if classes[i] not in analysis.removable
+        )
         if live:
             allowed = [
                 i for i, c in enumerate(classes) if c in analysis.removable
@@ -288,7 +290,7 @@ def slim(model, plan=None):
         A new `keras.Model`.
 
     References:
-        Papers.md section 7; EIDOSLAB `simplify` (SoftwareX 2022).
+        Bragagnolo et al., EIDOSLAB `simplify` (SoftwareX 2022).
     """
     if plan is None:
         plan = slimming_plan(model)

@@ -2,11 +2,13 @@
 
 Every channel created in the model (an input feature, a Dense unit, a conv
 filter) gets an integer id; each tensor's last axis is an array of ids.
-Pass-through and transparent layers keep the ids, Concatenate concatenates
-them, Flatten tiles them (channel c owns features c, c + C, ...), and
-elementwise merges (Add, Multiply, ...) unite their operands' ids
-(union-find). A class of united ids is one channel that every member must
-lose together.
+How ids move through a node is its channel rule's `channel_ids` method
+(`core/channel_rules.py`): pass-through and transparent layers keep the
+ids, Concatenate concatenates them, Flatten tiles them (channel c owns
+features c, c + C, ...), and elementwise merges (Add, `ops.add`, Multiply...)
+unite their operands' ids (union-find). A class of united ids is one channel
+that every member must lose together. Constants follow the rules'
+`constants` method, group constraints their `restrict` method.
 
 A channel is *constant* when its value does not depend on the input: every
 producing slice is zero (its output is `act(bias)`), a BatchNormalization
@@ -21,7 +23,7 @@ channel is the same at every position, a padded convolution only when it is
 exactly zero (Simplify's rule: keep the channel otherwise).
 
 References:
-    Papers.md section 7; EIDOSLAB `simplify` (Bragagnolo et al., SoftwareX
+    EIDOSLAB `simplify` (Bragagnolo et al., SoftwareX
     2022) for folding `act(b)` into the next layer's bias; Fang et al.,
     https://arxiv.org/abs/2301.12900 for the dependency groups.
 """

@@ -4,8 +4,8 @@
 and their `keras_history`) and returns a `LayerGraph`: one `LayerNode` per
 layer call in topological order (Keras *operations* applied to symbolic
 tensors, `x + 3` or `keras.ops.add(a, b)`, are nodes like layers: they are
-in `model.operations`, not in `model.layers`), every tensor named by an id string, its
-static shape, its consumers, and a `Scope` tree that mirrors nested
+in `model.operations`, not in `model.layers`), every tensor named by an id
+string, its static shape, its consumers, and a `Scope` tree that mirrors nested
 functional / Sequential models so the slimmed model can be rebuilt with the
 same nesting. Nested models are inlined for the channel analysis: the inner
 model's input tensors are aliases of the outer tensors fed to it.
@@ -146,11 +146,11 @@ def _check_model(model, path):
     if isinstance(config, dict) and "layers" in config:
         return config
     raise TypeError(
-            f"slim: model {path or model.name!r} of class "
-            f"{type(model).__name__} is subclassed (no functional graph). "
-            "Only functional and Sequential models can be slimmed: rebuild "
-            "it with the functional API."
-        )
+        f"slim: model {path or model.name!r} of class "
+        f"{type(model).__name__} is subclassed (no functional graph). "
+        "Only functional and Sequential models can be slimmed: rebuild "
+        "it with the functional API."
+    )
 
 
 def _read_functional(graph, model, prefix, outer_inputs, config):

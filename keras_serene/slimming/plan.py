@@ -291,7 +291,9 @@ def _member(layer, path, weight, axis, role, table):
     stride = int(table[0, 1] - table[0, 0]) if repeats > 1 else 0
     first = table[:, 0].tolist()
     relative = table - table[:, :1]
-    if np.array_equal(relative, np.broadcast_to(stride * np.arange(repeats), relative.shape)):
+    if np.array_equal(
+        relative, np.broadcast_to(stride * np.arange(repeats), relative.shape)
+    ):
         return GroupMember(path, weight, axis, role, first, stride, repeats)
     if not (relative == relative[:1]).all():
         raise ValueError(
@@ -404,7 +406,7 @@ def slimming_plan(model):
         A `SlimmingPlan`.
 
     References:
-        Papers.md section 7; EIDOSLAB `simplify`; Torch-Pruning groups
+        EIDOSLAB `simplify` (SoftwareX 2022); Torch-Pruning groups
         (https://arxiv.org/abs/2301.12900).
     """
     analysis = ChannelAnalysis(read_graph(model))

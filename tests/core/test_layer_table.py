@@ -30,7 +30,10 @@ from keras_serene.slimming import RULES  # noqa: E402
 # Class name -> (layer, input shape): a small built instance of each row.
 INSTANCES = {
     "Dense": lambda: (layers.Dense(3, activation="relu"), (2, 4)),
-    "EinsumDense": lambda: (layers.EinsumDense("ab,bc->ac", (3,), bias_axes="c"), (2, 4)),
+    "EinsumDense": lambda: (
+        layers.EinsumDense("ab,bc->ac", (3,), bias_axes="c"),
+        (2, 4),
+    ),
     "Conv1D": lambda: (layers.Conv1D(3, 2, activation="tanh"), (2, 5, 2)),
     "Conv2D": lambda: (layers.Conv2D(3, 2, activation="relu"), (2, 5, 5, 2)),
     "Conv3D": lambda: (layers.Conv3D(3, 2), (2, 4, 4, 4, 2)),

@@ -80,7 +80,9 @@ def _producers(model):
 def _reader_batch_norms(model):
     """Producer name -> the BatchNormalization reading its output."""
     found = {}
-    for scope in [model] + [m for m in model.layers if isinstance(m, keras.Model)]:
+    for scope in [model] + [
+        m for m in model.layers if isinstance(m, keras.Model)
+    ]:
         if isinstance(scope, keras.Sequential):
             names = [la.name for la in scope.layers]
             for a, b in zip(names, names[1:]):
@@ -220,7 +222,9 @@ def _layer_at_or_none(model, name):
 
 CASES = [(n, "default") for n in CONSTRUCTORS]
 CASES += [(n, "no_preprocessing") for n in PREPROCESSING]
-CASES += [(n, "no_top") for n in ("MobileNetV3Small", "ResNet50", "DenseNet121")]
+CASES += [
+    (n, "no_top") for n in ("MobileNetV3Small", "ResNet50", "DenseNet121")
+]
 
 
 def _selected(name, variant):
@@ -231,7 +235,9 @@ def _selected(name, variant):
     return name in ("MobileNetV3Small", "ResNet50")
 
 
-@pytest.mark.parametrize("name,variant", CASES, ids=[f"{n}-{v}" for n, v in CASES])
+@pytest.mark.parametrize(
+    "name,variant", CASES, ids=[f"{n}-{v}" for n, v in CASES]
+)
 def test_application_slims_exactly(name, variant):
     if not _selected(name, variant):
         pytest.skip(
@@ -239,8 +245,10 @@ def test_application_slims_exactly(name, variant):
         )
     kept, error, model, plan = check_application(name, variant)
     assert 0.0 < kept < 1.0
-    print(f"{name} ({variant}): kept {kept:.3f} of the parameters, "
-          f"max relative error {error:.1e}")
+    print(
+        f"{name} ({variant}): kept {kept:.3f} of the parameters, "
+        f"max relative error {error:.1e}"
+    )
     output_group = plan.groups[-1]
     assert output_group.pinned and "model output" in output_group.reasons
     # A softmax pins the classifier's outputs only: its inputs still go.

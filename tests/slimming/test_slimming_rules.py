@@ -165,7 +165,11 @@ OPS_CASES = {
     "ops.StopGradient": lambda: (_chain(2, _op(ops.stop_gradient)), 6),
     # A zero constant (bias 0) survives padding: it goes.
     "ops.Pad": lambda: (
-        _chain(2, _op(lambda x: ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])), bias=0),
+        _chain(
+            2,
+            _op(lambda x: ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])),
+            bias=0,
+        ),
         6,
     ),
     "ops.Concatenate": lambda: (
