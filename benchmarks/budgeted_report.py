@@ -1,9 +1,279 @@
-"""Renders `results_budgeted.json` into `docs/results.md`'s budgeted section."""
+"""Renders `results_budgeted.json` into `docs/results.md`'s budgeted section.
+
+Mean and spread (min-max) over the seeds run per row, the goals of issue 13
+judged on the means, and two figures per model: accuracy against the nonzero
+fraction, and accuracy against the slim model's parameters.
+
+    python benchmarks/budgeted_report.py docs/results_budgeted.json
+"""
 
 import json
+import os
+import sys
+
+import numpy as np
+
+BEGIN = "<!-- budgeted:begin -->"
+END = "<!-- budgeted:end -->"
+
+
+def aggregate(runs):
+    """`{model: {row: summary}}`, rows in first-run order."""
+    table = {}
+    for r in runs:
+        table.setdefault(r["model"], {}).setdefault(r["row"], []).append(r)
+    out = {}
+    for model, rows in table.items():
+        out[model] = {}
+        for row, group in rows.items():
+            acc = np.array([g["accuracy"] for g in group])
+            first = min(group, key=lambda g: g["seed"])
+            out[model][row] = {
+                "seeds": sorted(g["seed"] for g in group),
+                "accuracy": float(acc.mean()),
+                "low": float(acc.min()),
+                "high": float(acc.max()),
+                "nonzero": float(np.mean([g["nonzero_fraction"] for g in group])),
+                "train_seconds": float(
+                    np.mean([g["train_seconds"] for g in group])
+                ),
+                "train_size": first["train_size"],
+                **{
+                    k: first[k]
+                    for k in (
+                        "slim_widths",
+                        "slim_params",
+                        "params",
+                        "tflite_bytes",
+                        "tflite_int8_bytes",
+                        "latency_ms",
+                        "sparse_latency_ms",
+                        "sparse_tflite_bytes",
+                        "removed_neurons",
+                    )
+                    if k in first
+                },
+            }
+    return out
+
+
+def _cell_accuracy(s):
+    if len(s["seeds"]) == 1:
+        return f"{s['accuracy']:.4f}"
+    return f"{s['accuracy']:.4f} ({s['low']:.4f}-{s['high']:.4f})"
+
+
+def table(rows, reference_latency):
+    dense = rows.get("dense", {}).get("train_seconds")
+    lines = [
+        "| run | seeds | test accuracy (min-max) | nonzero | slim widths "
+        "| slim params | .tflite f32 | .tflite int8 | latency ms "
+        "| vs tfmot98 sparse | train time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row, s in rows.items():
+        cells = [
+            row,
+            str(len(s["seeds"])),
+            _cell_accuracy(s),
+            f"{s['nonzero']:.2%}",
+            s["slim_widths"],
+            f"{s['slim_params']:,}",
+        ]
+        latency = s.get("latency_ms")
+        if latency:
+            cells += [
+                f"{s['tflite_bytes']:,}",
+                f"{s['tflite_int8_bytes']:,}",
+                f"{latency:.4f}",
+                f"{reference_latency / latency:.1f}x faster"
+                if reference_latency
+                else "",
+            ]
+        else:
+            cells += ["", "", "", ""]
+        cells.append(f"{s['train_seconds'] / dense:.2f}x" if dense else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def goals(agg):
+    """Issue 13's goals (a), (b), (c) on the means; list of lines."""
+    lines = []
+    r300 = agg.get("lenet300", {})
+
+    def acc(row):
+        return r300[row]["accuracy"] if row in r300 else None
+
+    checks = []
+    for target in (90, 95, 98, 99):
+        ours, theirs = acc(f"mag{target}"), acc(f"tfmot{target}")
+        if ours is not None and theirs is not None:
+            checks.append(
+                (ours >= theirs, f"{target}%: ours {ours:.4f} vs tfmot "
+                 f"{theirs:.4f}")
+            )
+    if acc("mag99") is not None and acc("tfmot98") is not None:
+        checks.append(
+            (acc("mag99") >= acc("tfmot98"), f"ours at 99% {acc('mag99'):.4f}"
+             f" vs tfmot at 98% {acc('tfmot98'):.4f}")
+        )
+    if checks:
+        met = all(ok for ok, _ in checks)
+        lines.append(
+            f"- (a) unstructured: **{'met' if met else 'not met'}** "
+            "(magnitude criterion, LOBSTER decay 1e-4): "
+            + "; ".join(f"{t} {'ok' if ok else 'MISSED'}" for ok, t in checks)
+            + "."
+        )
+    structured = [
+        row for row in r300 if row.startswith("st80-") and row != "st80-mag-nd"
+    ]
+    if structured and "tfmot98" in r300:
+        best = max(
+            structured,
+            key=lambda row: (len(r300[row]["seeds"]), r300[row]["accuracy"]),
+        )
+        s, t = r300[best], r300["tfmot98"]
+        fast = (
+            t.get("sparse_latency_ms", 0) / s["latency_ms"]
+            if s.get("latency_ms") and t.get("sparse_latency_ms")
+            else None
+        )
+        ok = s["accuracy"] >= t["accuracy"] and fast is not None and fast >= 3
+        lines.append(
+            f"- (b) structured LeNet-300, 80% of neurons: **"
+            f"{'met' if ok else 'not met'}**: `{best}` "
+            f"({len(s['seeds'])} seeds) {s['accuracy']:.4f} vs tfmot 98% "
+            f"{t['accuracy']:.4f}; slim `.tflite` "
+            + (f"{fast:.1f}x" if fast else "?")
+            + " faster than tfmot 98%'s sparse export."
+        )
+    r5 = agg.get("lenet5", {})
+    if "dense" in r5:
+        rows5 = [row for row in r5 if row.startswith("st80-")]
+        if rows5:
+            best = max(rows5, key=lambda row: r5[row]["accuracy"])
+            gap = r5["dense"]["accuracy"] - r5[best]["accuracy"]
+            lines.append(
+                f"- (c) structured LeNet-5, 80% of conv channels and fc units: "
+                f"**{'met' if gap <= 0.005 else 'not met'}**: `{best}` "
+                f"{r5[best]['accuracy']:.4f} vs dense "
+                f"{r5['dense']['accuracy']:.4f} ({gap * 100:+.2f} points "
+                f"below), {len(r5[best]['seeds'])} seed(s), "
+                f"{r5['dense']['train_size']:,} training images."
+            )
+    return lines
+
+
+def figures(agg, out):
+    """Two PNGs per model; returns their names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for model, rows in agg.items():
+        families = {}
+        for row, s in rows.items():
+            family = (
+                "dense" if row == "dense"
+                else "tfmot" if row.startswith("tfmot")
+                else row.split("-", 1)[1] if row.startswith("st")
+                else "".join(c for c in row if not c.isdigit())
+            )  # fmt: skip
+            families.setdefault(family, []).append(s)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for family, points in families.items():
+            points = sorted(points, key=lambda p: p["nonzero"])
+            for ax, key in zip(axes, ("nonzero", "slim_params")):
+                xs = [p[key] * (100 if key == "nonzero" else 1) for p in points]
+                ys = [p["accuracy"] for p in points]
+                err = [
+                    [p["accuracy"] - p["low"] for p in points],
+                    [p["high"] - p["accuracy"] for p in points],
+                ]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3,
+                            label=family)  # fmt: skip
+        axes[0].set_xscale("log")
+        axes[0].set_xlabel("nonzero parameters (%)")
+        axes[1].set_xscale("log")
+        axes[1].set_xlabel("slim model parameters")
+        for ax in axes:
+            ax.set_ylabel("test accuracy")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+        fig.suptitle(f"{model}: budgeted pruning, mean and min-max over seeds")
+        fig.tight_layout()
+        name = f"results_budgeted_{model}.png"
+        fig.savefig(os.path.join(out, name), dpi=90)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def section(saved, out):
+    agg = aggregate(saved["runs"])
+    meta = saved["meta"]
+    env = meta.get("env", {})
+    lines = [
+        BEGIN,
+        "## Budgeted pruning (issue 13)",
+        "",
+        f"Produced by `{meta.get('command')}` on {env.get('date')}: "
+        f"{env.get('machine')}; TensorFlow {env.get('tensorflow')}, Keras "
+        f"{env.get('keras')}. Fashion-MNIST, last 10% of the training images "
+        f"held out for validation, the 10,000 test images; "
+        f"{meta.get('epochs')} epochs, SGD 0.05 momentum 0.9, batch 100; ours "
+        "`SensitivityPruning(target_sparsity=...)` (cubic ramp to 70% of the "
+        "steps, 4 pruning steps per epoch) with LOBSTER decay 1e-4 (`-nd`: "
+        "none); tfmot `PolynomialDecay` (per layer, same ramp, its own "
+        "process). Accuracy: mean (min-max) over the seeds listed; the other "
+        "columns are seed 0's. Latency: single-thread LiteRT, batch 1, "
+        "median of 300, of the slim float32 model; `vs tfmot98 sparse` is "
+        "tfmot 98%'s sparse-format export's latency over this row's.",
+        "",
+        "Rows: `magNN`/`taylorNN`/`sereneNN` unstructured to NN% zeros with "
+        "that criterion; `stNN-CRIT` structured, NN% of the prunable neurons "
+        "and channels removed (`mag`: L2 norm, equal fraction per layer; "
+        "`global`: layer-normalised L2 ranked across layers; `serene`: "
+        "SeReNe's neuron sensitivity rescaled per layer); `st80-mag-nd` is "
+        "the L2-norm, no-decay baseline.",
+        "",
+    ]
+    for model, rows in agg.items():
+        reference = rows.get("tfmot98", {}).get("sparse_latency_ms")
+        size = next(iter(rows.values()))["train_size"]
+        lines += [f"### {model} ({size:,} training images)", ""]
+        lines += table(rows, reference)
+        lines.append("")
+    lines += ["### Goals (three-seed means where three seeds ran)", ""]
+    lines += goals(agg) + [""]
+    for name in figures(agg, out):
+        lines.append(f"![{name}]({name})")
+    lines.append(END)
+    return "\n".join(lines)
 
 
 def write(path, out):
+    """Puts the section into `out/results.md` (replacing an older one)."""
     with open(path) as f:
         saved = json.load(f)
-    return f"{len(saved['runs'])} runs in {path}"
+    text = section(saved, out)
+    page = os.path.join(out, "results.md")
+    old = open(page).read() if os.path.exists(page) else "# keras_serene results\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        new = head + text + rest.split(END, 1)[1]
+    else:
+        title, _, body = old.partition("\n")
+        new = title + "\n\n" + text + "\n" + body
+    with open(page, "w") as f:
+        f.write(new)
+    return text
+
+
+if __name__ == "__main__":
+    target = sys.argv[1]
+    print(write(target, os.path.dirname(os.path.abspath(target))))

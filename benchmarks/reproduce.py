@@ -446,6 +446,11 @@ def write_page(results, meta, out):
     markdown += "\n" + "\n".join(f"![{name}]({name})" for name in figures)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(markdown + "\n")
+    budgeted = os.path.join(out, "results_budgeted.json")
+    if os.path.exists(budgeted):  # Keep the budgeted section on the page.
+        import budgeted_report
+
+        budgeted_report.write(budgeted, out)
     return markdown
 
 
