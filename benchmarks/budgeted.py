@@ -58,8 +58,11 @@ def parse_row(name):
         return "structured", int(percent) / 100, CRITERIA[criterion], decay
     for short, criterion in CRITERIA.items():
         if base.startswith(short) and base[len(short) :].isdigit():
-            return "unstructured", int(base[len(short) :]) / 100, criterion, (
-                decay
+            return (
+                "unstructured",
+                int(base[len(short) :]) / 100,
+                criterion,
+                (decay),
             )
     raise ValueError(f"unknown budgeted row {name!r}")
 
@@ -219,9 +222,7 @@ def run_grid(plan, data_for, out_path, workdir, meta, epochs=EPOCHS):
 
 
 #: Rows that decide issue 13's goals (three seeds in the sized run).
-DECIDING_300 = (
-    "dense,tfmot98,tfmot99,mag98,mag99,st80-mag-nd,BEST_STRUCTURED"
-)
+DECIDING_300 = "dense,tfmot98,tfmot99,mag98,mag99,st80-mag-nd,BEST_STRUCTURED"
 #: Seed-0 rows of the sized run, in order (the structured variants first,
 #: so the best one is known before the extra seeds).
 SEED0_300 = (

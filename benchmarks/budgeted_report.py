@@ -33,7 +33,9 @@ def aggregate(runs):
                 "accuracy": float(acc.mean()),
                 "low": float(acc.min()),
                 "high": float(acc.max()),
-                "nonzero": float(np.mean([g["nonzero_fraction"] for g in group])),
+                "nonzero": float(
+                    np.mean([g["nonzero_fraction"] for g in group])
+                ),
                 "train_seconds": float(
                     np.mean([g["train_seconds"] for g in group])
                 ),
@@ -110,13 +112,18 @@ def goals(agg):
         ours, theirs = acc(f"mag{target}"), acc(f"tfmot{target}")
         if ours is not None and theirs is not None:
             checks.append(
-                (ours >= theirs, f"{target}%: ours {ours:.4f} vs tfmot "
-                 f"{theirs:.4f}")
+                (
+                    ours >= theirs,
+                    f"{target}%: ours {ours:.4f} vs tfmot {theirs:.4f}",
+                )
             )
     if acc("mag99") is not None and acc("tfmot98") is not None:
         checks.append(
-            (acc("mag99") >= acc("tfmot98"), f"ours at 99% {acc('mag99'):.4f}"
-             f" vs tfmot at 98% {acc('tfmot98'):.4f}")
+            (
+                acc("mag99") >= acc("tfmot98"),
+                f"ours at 99% {acc('mag99'):.4f}"
+                f" vs tfmot at 98% {acc('tfmot98'):.4f}",
+            )
         )
     if checks:
         met = all(ok for ok, _ in checks)
@@ -180,8 +187,9 @@ def figures(agg, out):
             family = (
                 "dense" if row == "dense"
                 else "tfmot" if row.startswith("tfmot")
-                else row.split("-", 1)[1] if row.startswith("st")
-                else "".join(c for c in row if not c.isdigit())
+                else "structured " + row.split("-", 1)[1]
+                if row.startswith("st")
+                else "ours " + "".join(c for c in row if not c.isdigit())
             )  # fmt: skip
             families.setdefault(family, []).append(s)
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -262,7 +270,11 @@ def write(path, out):
         saved = json.load(f)
     text = section(saved, out)
     page = os.path.join(out, "results.md")
-    old = open(page).read() if os.path.exists(page) else "# keras_serene results\n"
+    old = (
+        open(page).read()
+        if os.path.exists(page)
+        else "# keras_serene results\n"
+    )
     if BEGIN in old and END in old:
         head, rest = old.split(BEGIN, 1)
         new = head + text + rest.split(END, 1)[1]

@@ -46,6 +46,7 @@ import tensorflow as tf  # noqa: E402
 import keras_serene as ks  # noqa: E402
 from keras_serene.app import datasets  # noqa: E402
 from keras_serene.app import zoo  # noqa: E402
+from keras_serene.core.masking_optimizer import MaskingOptimizer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -190,10 +191,10 @@ def train(method, model_name, data, epochs, seed, workdir):
         extra["pruning_steps"] = len(pruning.history)
         model = ks.strip_masks(model)
     elif method == "neq":
-        _compile(model, sgd)
-        neq = ks.callbacks.EquilibriumFreezing(
-            x, subset=0.01, include_dense=True
-        )
+        # NEq needs the masks: the masking layer around the plain SGD
+        # (every Dense/Conv layer but the output one is watched by default).
+        _compile(model, MaskingOptimizer(sgd))
+        neq = ks.callbacks.EquilibriumFreezing(x, subset=0.01)
         _, seconds = _fit(model, x, y, epochs, [neq])
         saved = [h.get("backprop_flops_saved", 0.0) for h in neq.history]
         extra["backprop_flops_saved"] = float(np.mean(saved)) if saved else 0

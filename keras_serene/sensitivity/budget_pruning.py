@@ -31,9 +31,7 @@ def prune_entries(optimizer, variables, fraction, scores):
     score). Returns `(entries pruned in total, the highest score pruned)`.
     """
     pruned = [masks_lib.pruned(optimizer, v).ravel() for v in variables]
-    flat = np.concatenate(
-        [np.asarray(s, np.float64).ravel() for s in scores]
-    )
+    flat = np.concatenate([np.asarray(s, np.float64).ravel() for s in scores])
     forced = np.concatenate(pruned)
     total = flat.size
     target = max(int(round(fraction * total)), int(forced.sum()))
@@ -131,8 +129,8 @@ class ChannelPruner:
             kernels, gammas, biases = [], [], []
             for member in group.members:
                 layer = layers.get(member.layer)
-                variable = None if layer is None else _weight(
-                    layer, member.weight
+                variable = (
+                    None if layer is None else _weight(layer, member.weight)
                 )
                 if variable is None or optimizer.mask_for(variable) is None:
                     continue

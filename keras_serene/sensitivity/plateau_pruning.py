@@ -109,8 +109,10 @@ class PlateauPruningMixin:
                 results = self.model.evaluate(data, verbose=0, return_dict=True)
         else:
             results = evaluate_fit_validation(self.model)
-        key = self.monitor[4:] if self.monitor.startswith("val_") else (
-            self.monitor
+        key = (
+            self.monitor[4:]
+            if self.monitor.startswith("val_")
+            else (self.monitor)
         )
         if key not in results:
             raise ValueError(

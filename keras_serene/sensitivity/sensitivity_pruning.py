@@ -23,9 +23,8 @@ import numpy as np
 
 from keras_serene.core import masking as masks_lib
 from keras_serene.core import neurons as neurons_lib
-from keras_serene.sensitivity import budget_pruning
 from keras_serene.sensitivity import pruning_criteria as criteria
-from keras_serene.sensitivity.budget_schedule import ramp_for_fit
+from keras_serene.sensitivity.budget_steps import BudgetPruningMixin
 from keras_serene.sensitivity.plateau_pruning import PlateauPruningMixin
 
 
@@ -48,7 +47,9 @@ def _number(name, value, low, allow_none=False, integer=False):
 
 
 @keras.saving.register_keras_serializable(package="keras_serene")
-class SensitivityPruning(PlateauPruningMixin, keras.callbacks.Callback):
+class SensitivityPruning(
+    BudgetPruningMixin, PlateauPruningMixin, keras.callbacks.Callback
+):
     """Prunes to a target sparsity on a ramp, or at each loss plateau.
 
     **Budgeted** (`target_sparsity` set): the fraction of regularized entries
@@ -218,50 +219,6 @@ class SensitivityPruning(PlateauPruningMixin, keras.callbacks.Callback):
             return
         self._begin_budget()
 
-    def _begin_budget(self):
-        steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        if not steps:
-            raise ValueError(
-                "SensitivityPruning(target_sparsity=...) needs the number "
-                "of steps per epoch: pass `steps_per_epoch=` to `fit` (the "
-                "dataset's length is unknown)."
-            )
-        self.ramp = ramp_for_fit(
-            self.target_sparsity,
-            self.begin_epoch,
-            self.end_epoch,
-            self.frequency,
-            int(steps),
-            int(epochs),
-        )
-        self._batches = None
-        self._statistics = None
-        if self.criterion in criteria.DATA_CRITERIA:
-            if self.validation_data is None:
-                raise ValueError(
-                    f"SensitivityPruning: criterion={self.criterion!r} "
-                    "reads data: pass `validation_data=(x, y)` to the "
-                    "callback."
-                )
-            self._batches = criteria.sample_batches(self.validation_data)
-        self._channels = None
-        # Through `ks.SensitivityModel`, the user's model is `.model`.
-        self._net = _user_model(self.model)
-        if self._structured:
-            from keras_serene.slimming import slimming_plan
-
-            self._channels = budget_pruning.ChannelPruner(
-                self._net, self.optimizer, slimming_plan(self._net)
-            )
-            if not self._channels.groups:
-                raise ValueError(
-                    "SensitivityPruning(structured=True): the model has no "
-                    "prunable neuron group (every group is a model input or "
-                    "output, or pinned)."
-                )
-        self._neuron_of = _bias_lookup(self.model)
-        self._first_epoch = True
-
     def on_epoch_begin(self, epoch, logs=None):
         if self.ramp is None:
             return
@@ -292,47 +249,6 @@ class SensitivityPruning(PlateauPruningMixin, keras.callbacks.Callback):
                 removed = sum(int(r.sum()) for r in self._channels.removed())
                 logs["removed_neurons"] = removed / self._channels.total
         self._write_logs(logs)
-
-    # -- budgeted steps ----------------------------------------------------
-    def _prune_step(self, step, epoch):
-        fraction = self.ramp.sparsity(step)
-        if fraction <= 0:
-            return
-        if self._batches is not None:
-            new = criteria.gradient_statistics(
-                self._net, self._batches, self.criterion, self.model
-            )
-            if self._statistics is None:
-                self._statistics = new
-            else:
-                for key, value in new.items():
-                    self._statistics[key] = self._statistics[key] + value
-        if self._channels is not None:
-            count = self._channels.prune_to(
-                fraction, self.criterion, self._statistics
-            )
-        else:
-            variables = self._variables()
-            values = [keras.ops.convert_to_numpy(v) for v in variables]
-            scores = criteria.entry_scores(
-                self.criterion,
-                variables,
-                values,
-                self._statistics,
-                self._neuron_of,
-            )
-            count, self.threshold = budget_pruning.prune_entries(
-                self.optimizer, variables, fraction, scores
-            )
-        self.history.append(
-            {"step": step, "scheduled": fraction, "pruned": count}
-        )
-        if self.verbose:
-            unit = "channels" if self._channels is not None else "entries"
-            print(
-                f"\nStep {step}: SensitivityPruning scheduled sparsity "
-                f"{fraction:.2%}, {count} {unit} pruned."
-            )
 
     # -- shared ------------------------------------------------------------
     def _variables(self):
@@ -376,23 +292,3 @@ class SensitivityPruning(PlateauPruningMixin, keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def _user_model(model):
-    from keras_serene.sensitivity.sensitivity_model import SensitivityModel
-
-    return model.model if isinstance(model, SensitivityModel) else model
-
-
-def _bias_lookup(model):
-    """`variable -> (bias variable, broadcast shape)` for `"serene"`."""
-    table = {}
-    for _, weights in neurons_lib.neuron_layers(model):
-        bias = [w for w in weights if w.variable.path.endswith("bias")]
-        for w in weights:
-            if bias and w.kind != "vector":
-                shape = neurons_lib.neuron_shape(w.kind, w.variable.shape)
-                table[id(w.variable)] = (bias[0].variable, shape)
-            elif bias and w.variable is bias[0].variable:
-                table[id(w.variable)] = (w.variable, w.variable.shape)
-    return lambda variable: table.get(id(variable))

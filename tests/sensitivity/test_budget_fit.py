@@ -5,11 +5,11 @@ import os
 import keras
 import numpy as np
 import pytest
+from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
 from keras_serene.app.datasets import load_digits
 from keras_serene.core import masking as masks
-from two_cpus import run_on_two_cpus
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,8 @@ def test_structured_mlp_removes_exactly_the_fraction_and_slims(digits):
     assert dead.sum() == 24
     assert np.any(first.bias.numpy()[dead] != 0)  # Biases are kept.
     slim = ks.slim(ks.strip_masks(model))
-    widths = [l.units for l in slim.layers if isinstance(l, keras.layers.Dense)]
+    dense = [x for x in slim.layers if isinstance(x, keras.layers.Dense)]
+    widths = [layer.units for layer in dense]
     assert widths == [8, 4, 10]
     np.testing.assert_allclose(
         slim.predict(x_test, verbose=0),
@@ -131,7 +132,7 @@ def test_structured_cnn_with_batch_norm_slims_with_equal_outputs(digits):
     assert np.all(masks.pruned(opt, bn.gamma)[dead])
     slim = ks.slim(ks.strip_masks(model))
     channels = sum(
-        l.filters for l in slim.layers if isinstance(l, keras.layers.Conv2D)
+        c.filters for c in slim.layers if isinstance(c, keras.layers.Conv2D)
     )
     assert channels == 20 - 10
     np.testing.assert_allclose(
