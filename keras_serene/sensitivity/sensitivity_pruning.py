@@ -97,7 +97,9 @@ class SensitivityPruning(
         structured: Bool or None. Prune whole neurons / channels. `None`:
             on when the optimizer's sensitivity is per neuron. Defaults to
             `None`.
-        begin_epoch: Number >= 0. Where the ramp starts. Defaults to `0`.
+        begin_epoch: Number >= 0. Where the ramp starts, counted in the
+            optimizer's steps (`optimizer.iterations / steps per epoch`),
+            so earlier fits with the same optimizer count. Defaults to `0`.
         end_epoch: Number > begin_epoch, or None: where the target is
             reached; None is 70% of `fit`'s epochs. Defaults to `None`.
         frequency: Int >= 1. Pruning steps per epoch. Defaults to `4`.
