@@ -165,6 +165,19 @@ class PhiAccumulator:
             self._sum = total if self._sum is None else self._sum + total
         self.samples += current.shape[0]
 
+    def add_sums(self, sums, samples):
+        """Adds sums computed elsewhere (on device) for `samples` samples.
+
+        `sums` is the summed per-sample cosines `(neurons,)` for maps, or the
+        stacked `dot, |a|^2, |b|^2` sums `(3, neurons)` for 2-D outputs.
+        """
+        sums = np.asarray(sums, np.float64)
+        if sums.ndim == 2:
+            self._sums = sums if self._sums is None else self._sums + sums
+        else:
+            self._sum = sums if self._sum is None else self._sum + sums
+        self.samples += int(samples)
+
     def result(self):
         if self.samples == 0:
             raise ValueError("PhiAccumulator.result: no samples were fed.")

@@ -1,5 +1,7 @@
 """`EquilibriumFreezing` inside `fit`: masks, warm-up, unfreezing, skips."""
 
+import json
+import os
 import warnings
 
 import keras
@@ -9,6 +11,7 @@ from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
 from keras_serene.core import masking as masks_lib
+from keras_serene.core.masking_optimizer import MaskingOptimizer
 
 DEAD = 2  # conv channel built dead (zero kernel, bias -10 before the ReLU)
 
@@ -38,7 +41,9 @@ def _conv_model(batch_norm=False, seed=1):
     return model
 
 
-def _compile(model, optimizer):
+def _compile(model, optimizer, mask=True):
+    if mask and not isinstance(optimizer, (MaskingOptimizer, str)):
+        optimizer = MaskingOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -113,12 +118,11 @@ def test_frozen_slices_are_bit_exact_and_unfreeze(name):
         verbose=0,
         callbacks=[neq, revive, snaps],
     )
-    # Wrapped during fit (inner optimizer and its state kept), put back after.
+    # The user's optimizer chain is left as compiled.
     wrapper = revive.optimizer
-    assert isinstance(wrapper, ks.SensitivityOptimizer)
+    assert isinstance(wrapper, MaskingOptimizer)
     assert wrapper.inner_optimizer is inner
-    assert wrapper.decay == 0.0
-    assert model.optimizer is inner
+    assert model.optimizer is wrapper
     # Epoch 0 is the warm-up; the dead channel did not move: frozen after.
     np.testing.assert_array_equal(revive.frozen[0], [False, False, True])
     # Epoch 1: the revived channel gets gradients but is frozen, bit-exact.
@@ -126,7 +130,7 @@ def test_frozen_slices_are_bit_exact_and_unfreeze(name):
     kernel_e, bias_e = snaps.end[1]["conv"]
     np.testing.assert_array_equal(kernel_b[..., DEAD], kernel_e[..., DEAD])
     assert bias_b[DEAD] == bias_e[DEAD]
-    # ... while the other channels and the (unwatched) Dense layer move.
+    # ... while the other channels and the (output, unwatched) Dense move.
     assert np.all(kernel_b[..., :DEAD] != kernel_e[..., :DEAD])
     assert np.all(bias_b[:DEAD] != bias_e[:DEAD])
     assert np.all(snaps.begin[1]["fc"][0] != snaps.end[1]["fc"][0])
@@ -235,18 +239,30 @@ class _AdamMoments(keras.callbacks.Callback):
         self.end[epoch] = self._read()
 
 
+@keras.saving.register_keras_serializable(package="keras_serene_tests")
+class _CountingMasking(MaskingOptimizer):
+    """Counts traces: `apply` runs in Python only while a step is traced."""
+
+    traces = 0
+
+    def apply(self, grads, trainable_variables=None):
+        type(self).traces += 1
+        super().apply(grads, trainable_variables)
+
+
 def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
     x, y = _data()
     model = _conv_model(batch_norm=True)
-    _compile(model, keras.optimizers.Adam(0.01))
-    neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0, include_dense=True)
+    _CountingMasking.traces = 0
+    _compile(model, _CountingMasking(keras.optimizers.Adam(0.01)))
+    neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0)
     seen = _Trainability()
     snaps = _Snapshots(["conv", "bn", "fc"])
     moments = _AdamMoments(("conv_kernel_momentum", "bn_gamma_momentum"))
     model.fit(
         x,
         y,
-        epochs=3,
+        epochs=4,
         batch_size=16,
         verbose=0,
         callbacks=[neq, seen, snaps, moments],
@@ -257,92 +273,143 @@ def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
     assert not np.array_equal(moments.begin[1][1], moments.end[1][1])
     assert not np.array_equal(moments.begin[0][0], moments.end[0][0])
     assert seen.seen[0]["variables"] == 6
-    for epoch in (1, 2):
-        # Conv and Dense skipped; BN stays trainable (training-mode BN).
+    for epoch in (1, 2, 3):
+        # Conv skipped; BN stays trainable (training-mode BN); the output
+        # Dense is not watched by default, so it trains.
         assert seen.seen[epoch]["trainable"] == {
             "conv": False,
             "bn": True,
-            "fc": False,
+            "fc": True,
         }
-        assert seen.seen[epoch]["variables"] == 2  # gamma, beta
+        assert seen.seen[epoch]["variables"] == 4  # gamma, beta, fc
     assert seen.seen[1]["function"] is not seen.seen[0]["function"]
-    assert seen.seen[2]["function"] is seen.seen[1]["function"]  # no retrace
-    assert neq.history[1]["skipped"] == ["conv", "fc"]
-    for name in ("conv", "bn", "fc"):
+    assert seen.seen[3]["function"] is seen.seen[1]["function"]
+    # Two traces in four epochs: all trainable, then conv skipped (not one
+    # retrace per epoch).
+    assert _CountingMasking.traces == 2
+    assert neq.train_functions_made == 1
+    assert [h["skipped"] for h in neq.history] == [
+        [],
+        ["conv"],
+        ["conv"],
+        ["conv"],
+    ]
+    for name in ("conv", "bn"):
         # kernel and bias, or gamma and beta (BN frozen by its masks).
         for before, after in zip(
             snaps.begin[1][name][:2], snaps.end[1][name][:2]
         ):
             np.testing.assert_array_equal(before, after)
+    assert not np.array_equal(snaps.begin[1]["fc"][0], snaps.end[1]["fc"][0])
     # BN ran in training mode: its moving mean kept moving in epoch 1.
     assert not np.array_equal(snaps.begin[1]["bn"][2], snaps.end[1]["bn"][2])
-    # Restored at the end of fit.
+    # Between epochs, and after fit, every layer is trainable again.
     assert all(la.trainable for la in model.layers)
     assert len(model.trainable_variables) == 6
+    # A second fit reuses the cached functions: no new trace.
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[neq])
+    assert _CountingMasking.traces == 2
 
 
-@pytest.mark.parametrize("loss_scale", [False, True])
-def test_wrapped_during_fit_then_saves_and_loads_cleanly(tmp_path, loss_scale):
+def test_mlp_defaults_freeze_dense_units_but_never_the_output_layer():
+    x, y = _data()
+    x = x.reshape(len(x), -1)
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((36,)),
+            keras.layers.Dense(5, activation="relu", name="h1"),
+            keras.layers.Dense(4, activation="relu", name="h2"),
+            keras.layers.Dense(2, name="logits"),
+            keras.layers.Softmax(name="probs"),
+        ],
+        name="mlp",
+    )
+    model.compile(
+        optimizer=MaskingOptimizer(keras.optimizers.SGD(0.1, momentum=0.9)),
+        loss="sparse_categorical_crossentropy",
+    )
+    # Masks only, so the layer skip does not hide the masks' work.
+    neq = ks.callbacks.EquilibriumFreezing(
+        x, epsilon=10.0, skip_frozen_layers=False
+    )
+    snaps = _Snapshots(["h1", "h2", "logits"])
+    history = model.fit(
+        x, y, epochs=2, batch_size=16, verbose=0, callbacks=[neq, snaps]
+    )
+    assert sorted(neq.frozen) == ["h1", "h2"]  # the head is not watched
+    assert history.history["frozen_fraction"] == [0.0, 1.0]
+    for name in ("h1", "h2"):
+        for before, after in zip(snaps.begin[1][name], snaps.end[1][name]):
+            np.testing.assert_array_equal(before, after)  # bit-exact
+    assert not np.array_equal(
+        snaps.begin[1]["logits"][0], snaps.end[1]["logits"][0]
+    )
+    # Select by name: only h2; exclude: everything but h1.
+    only = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0, layers=["^h2$"])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[only])
+    assert sorted(only.frozen) == ["h2"]
+    but = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0, exclude=["2"])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[but])
+    assert sorted(but.frozen) == ["h1"]
+    # The output layer is watched when named.
+    head = ks.callbacks.EquilibriumFreezing(x, layers=["logits"])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[head])
+    assert sorted(head.frozen) == ["logits"]
+
+
+def test_saved_mid_run_the_model_loads_plain_and_with_its_masks(tmp_path):
     x, y = _data(32)
     model = _conv_model()
-    inner = keras.optimizers.SGD(0.1, momentum=0.9)
-    compiled = (
-        keras.optimizers.LossScaleOptimizer(inner) if loss_scale else inner
-    )
-
-    class Seen(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            optimizer = self.model.optimizer
-            self.wrapper = getattr(optimizer, "inner_optimizer", None)
-            if not loss_scale:
-                self.wrapper = optimizer
-
-    seen = Seen()
-    _compile(model, compiled)
-    neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0)
-    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[neq, seen])
-    wrapper = seen.wrapper
-    assert isinstance(wrapper, ks.SensitivityOptimizer)
-    assert wrapper.inner_optimizer is inner
-    assert model.optimizer is compiled
-    if loss_scale:
-        assert model.optimizer.inner_optimizer is inner
+    _compile(model, keras.optimizers.SGD(0.1, momentum=0.9))
     path = str(tmp_path / "neq.keras")
-    model.save(path)
+
+    class SaveAfterEpoch1(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.save(path)
+                self.masks = [
+                    keras.ops.convert_to_numpy(m)
+                    for m in self.model.optimizer.masks
+                ]
+                self.predictions = self.model.predict_on_batch(x)
+
+    save = SaveAfterEpoch1()
+    neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0)
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[neq, save])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "Skipping variable loading"
         loaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(
-        model.predict_on_batch(x), loaded.predict_on_batch(x)
-    )
-    saved = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
-    restored = [
-        keras.ops.convert_to_numpy(v) for v in loaded.optimizer.variables
-    ]
-    assert len(saved) == len(restored)
-    for a, b in zip(saved, restored):
+    # Saved while the conv was frozen and skipped: the file holds the layer
+    # trainable (skips last one epoch) and the FROZEN bits in its masks.
+    assert loaded.get_layer("conv").trainable
+    assert isinstance(loaded.optimizer, MaskingOptimizer)
+    restored = [keras.ops.convert_to_numpy(m) for m in loaded.optimizer.masks]
+    for a, b in zip(save.masks, restored):
         np.testing.assert_array_equal(a, b)
+    kernel_mask = masks_lib.read_mask(
+        loaded.optimizer, loaded.get_layer("conv").kernel
+    )
+    assert (kernel_mask == masks_lib.FROZEN).all()
+    np.testing.assert_array_equal(save.predictions, loaded.predict_on_batch(x))
 
 
-@pytest.mark.parametrize("compiled_with", ["wrapper", "plain"])
-def test_works_with_sensitivity_pruning_and_keeps_pruned_bits(compiled_with):
+@pytest.mark.parametrize("schedule", ["plateau", "budgeted"])
+def test_works_with_sensitivity_pruning_and_keeps_pruned_bits(schedule):
     x, y = _data()
     model = _conv_model()
     conv = model.get_layer("conv")
-    pruned = np.zeros(conv.kernel.shape, dtype=bool)
-    if compiled_with == "wrapper":
-        _compile(model, ks.SensitivityOptimizer(keras.optimizers.SGD(0.1)))
-        model.optimizer.build(model.trainable_variables)
-        pruned[0, 0, 0, :] = True  # one entry of every channel, dead one too
-        masks_lib.add_flag(
-            model.optimizer, conv.kernel, masks_lib.PRUNED, pruned, zero=True
+    _compile(model, ks.SensitivityOptimizer(keras.optimizers.SGD(0.1)))
+    if schedule == "plateau":
+        pruning = ks.callbacks.SensitivityPruning(
+            patience=1, plateau_tolerance=-0.5, verbose=0
         )
-    else:  # NEq wraps the plain optimizer; listed first, pruning finds it.
-        _compile(model, keras.optimizers.SGD(0.1))
+    else:
+        pruning = ks.callbacks.SensitivityPruning(
+            target_sparsity=0.5, end_epoch=2, frequency=1, verbose=0
+        )
     neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0)
-    pruning = ks.callbacks.SensitivityPruning(
-        patience=1, plateau_tolerance=-0.5, verbose=0
-    )
+    compiled = model.optimizer
     history = model.fit(
         x,
         y,
@@ -353,16 +420,91 @@ def test_works_with_sensitivity_pruning_and_keeps_pruned_bits(compiled_with):
         callbacks=[neq, pruning],
     )
     assert history.history["frozen_fraction"] == [0.0, 1.0, 1.0]
-    assert pruning.history, "the plateau rule should have pruned once"
-    # Entries stay pruned, so the wrapper stays in either case.
-    assert isinstance(model.optimizer, ks.SensitivityOptimizer)
+    assert model.optimizer is compiled  # never swapped
     mask = masks_lib.read_mask(model.optimizer, conv.kernel)
-    assert not (mask & masks_lib.FROZEN).any()
-    pruned |= (mask & masks_lib.PRUNED) != 0
-    assert pruned.any()
-    assert (mask[pruned] & masks_lib.PRUNED).all()
+    assert not (mask & masks_lib.FROZEN).any()  # cleared after fit
+    pruned = (mask & masks_lib.PRUNED) != 0
+    assert pruned.any(), "pruning should have pruned some conv entries"
     kernel = keras.ops.convert_to_numpy(conv.kernel)
     assert (kernel[pruned] == 0.0).all()
+    fc = model.get_layer("fc").kernel
+    fc_pruned = masks_lib.pruned(model.optimizer, fc)
+    assert (keras.ops.convert_to_numpy(fc)[fc_pruned] == 0.0).all()
+
+
+def test_a_plain_optimizer_is_refused_with_the_fix():
+    x, y = _data(16)
+    model = _conv_model()
+    _compile(model, keras.optimizers.SGD(0.1), mask=False)
+    with pytest.raises(
+        ValueError, match=r"EquilibriumFreezing: .*ks.MaskingOptimizer"
+    ):
+        model.fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            callbacks=[ks.callbacks.EquilibriumFreezing(x)],
+        )
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+
+
+def _backup_model():
+    model = _conv_model(batch_norm=True)
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, 5 * 4)
+    _compile(model, keras.optimizers.SGD(schedule, momentum=0.9))
+    return model
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resumes_bit_identical(tmp_path):
+    x, y = _data()
+    kwargs = dict(epochs=5, batch_size=16, verbose=0, shuffle=False)
+    reference = _backup_model()
+    neq = ks.callbacks.EquilibriumFreezing(x, epsilon=0.02)
+    reference.fit(x, y, callbacks=[neq], **kwargs)
+    frozen = [h["frozen_fraction"] for h in neq.history]
+    # Neurons are frozen in the epochs after the kill: the resumed fit can
+    # only match if it restores NEq's state, not start with a warm-up.
+    assert frozen[0] == 0.0 and min(frozen[3:]) > 0.0, frozen
+
+    directory = str(tmp_path / "backup")
+    model = _backup_model()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(
+            x,
+            y,
+            callbacks=[
+                ks.callbacks.EquilibriumFreezing(
+                    x, epsilon=0.02, backup_dir=directory
+                ),
+                keras.callbacks.BackupAndRestore(directory),
+                _Interrupt(),
+            ],
+            **kwargs,
+        )
+    assert os.path.exists(os.path.join(directory, "equilibrium_freezing.npz"))
+    resumed = _backup_model()  # a fresh process would start like this
+    neq_resumed = ks.callbacks.EquilibriumFreezing(
+        x, epsilon=0.02, backup_dir=directory
+    )
+    resumed.fit(
+        x,
+        y,
+        callbacks=[keras.callbacks.BackupAndRestore(directory), neq_resumed],
+        **kwargs,
+    )
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert json.dumps(neq_resumed.history) == json.dumps(neq.history)
+    assert not os.path.exists(
+        os.path.join(directory, "equilibrium_freezing.npz")
+    )
 
 
 def test_dataset_subset_is_seeded_and_fixed():
@@ -387,10 +529,12 @@ def test_config_round_trip():
         epsilon=2e-3,
         velocity_momentum=0.25,
         velocity_form="code",
-        include_dense=True,
+        layers=["conv"],
+        exclude=["bn"],
         skip_frozen_layers=False,
         subset=4,
         seed=7,
+        backup_dir="/tmp/neq",
         verbose=1,
     )
     config = neq.get_config()
@@ -398,10 +542,12 @@ def test_config_round_trip():
         "epsilon": 2e-3,
         "velocity_momentum": 0.25,
         "velocity_form": "code",
-        "include_dense": True,
+        "layers": ["conv"],
+        "exclude": ["bn"],
         "skip_frozen_layers": False,
         "subset": 4,
         "seed": 7,
+        "backup_dir": "/tmp/neq",
         "verbose": 1,
     }
     cls = keras.saving.get_registered_object("keras_serene>EquilibriumFreezing")
@@ -443,12 +589,19 @@ def test_bad_inputs_name_the_problem():
             cls(x, velocity_momentum=mu)
     with pytest.raises(ValueError, match="velocity_form='torch'"):
         cls(x, velocity_form="torch")
-    with pytest.raises(TypeError, match="include_dense=1"):
-        cls(x, include_dense=1)
-    # A model without Conv/BN layers, and inputs of the wrong rank.
+    with pytest.raises(TypeError, match="skip_frozen_layers=1"):
+        cls(x, skip_frozen_layers=1)
+    with pytest.raises(TypeError, match="layers='conv'"):
+        cls(x, layers="conv")
+    with pytest.raises(TypeError, match="backup_dir=3"):
+        cls(x, backup_dir=3)
+    # Nothing left to watch (the only Dense is the output), and inputs of
+    # the wrong rank.
     dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    _compile(dense, "sgd")
-    with pytest.raises(ValueError, match="include_dense=True"):
+    _compile(dense, keras.optimizers.SGD())
+    with pytest.raises(
+        ValueError, match=r"must leave a layer.*Received: layers=None"
+    ):
         dense.fit(
             np.zeros((4, 4)),
             np.zeros(4),
@@ -456,8 +609,8 @@ def test_bad_inputs_name_the_problem():
             callbacks=[cls(np.zeros((4, 4)))],
         )
     model = _conv_model()
-    _compile(model, "sgd")
-    with pytest.raises(ValueError, match=r"ranks \[3\].*ranks \[4\]"):
+    _compile(model, keras.optimizers.SGD())
+    with pytest.raises(ValueError, match=r"\[4\].*ranks \[3\]"):
         model.fit(x, y, verbose=0, callbacks=[cls(np.zeros((4, 6, 6)))])
 
 
@@ -499,6 +652,7 @@ MIRRORED = """
     import tensorflow as tf
     import keras
     import keras_serene as ks
+    from keras_serene.core.masking_optimizer import MaskingOptimizer
 
     rng = np.random.default_rng(0)
     x = rng.random((64, 6, 6, 1)).astype("float32")
@@ -511,7 +665,8 @@ MIRRORED = """
         outputs = keras.layers.Dense(2)(keras.layers.Flatten()(h))
         model = keras.Model(inputs, outputs)
         model.compile(
-            optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+            optimizer=MaskingOptimizer(
+                keras.optimizers.SGD(0.1, momentum=0.9)),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
     class Moves(keras.callbacks.Callback):
@@ -532,7 +687,7 @@ MIRRORED = """
                         callbacks=[neq, Moves()])
     assert history.history["frozen_fraction"] == [0.0, 1.0]
     assert Moves.moved == [[True, True], [False, False]], Moves.moved
-    assert isinstance(model.optimizer, keras.optimizers.SGD)  # put back
+    assert isinstance(model.optimizer, MaskingOptimizer)  # as compiled
     """
 
 

@@ -1,0 +1,161 @@
+"""Which layers NEq watches, and the per-layer state it keeps for them.
+
+A neuron is a Dense unit, a convolution output channel or a
+BatchNormalization channel (Bragagnolo, Tartaglione, Grangetto, NeurIPS 2022,
+arXiv 2207.09455, Sec. 3); `keras_serene.core.neurons` says which weights
+belong to which neuron. By default every layer holding neurons is watched
+except the model's output layer(s): the authors' Swin-B code (`EIDOSLAB/NEq`,
+`src/models`) hooks `nn.Linear` and `nn.LayerNorm` and leaves out only the
+classification head, and their CNN code hooks every `nn.Conv2d` and
+`nn.BatchNorm2d`. An output layer is the layer producing a model output, or
+the neuron layer feeding it through weightless layers (`Dense -> Softmax`).
+`layers` (regexes a layer name must match) selects, `exclude` removes; an
+output layer named by `layers` is watched.
+
+The unwatched neuron layers stay *passive* records: they count in the
+denominator of `backprop_flops_saved` and are never frozen.
+"""
+
+import re
+
+import keras
+import numpy as np
+
+from keras_serene.core import neurons as neurons_lib
+from keras_serene.neq.subset import CALLER
+
+
+class NeuronRecord:
+    """One layer whose neurons may be frozen, and its NEq state."""
+
+    def __init__(self, layer, weights):
+        self.layer = layer
+        self.weights = weights
+        self.size = weights[0].num_neurons
+        self.axis = channel_axis(layer)
+        ids = {id(w.variable) for w in weights}
+        # A Dense/Conv layer whose every trainable variable is a neuron weight
+        # can be made non-trainable for an epoch (no weight gradients).
+        self.skippable = any(w.kind != "vector" for w in weights) and ids == {
+            id(v) for v in layer.trainable_variables
+        }
+        self.previous = None  # per probe batch: float32 neuron maps
+        self.positions = 1
+        self.flops = 0.0
+        self.reset()
+
+    def reset(self):
+        self.phi = np.ones(self.size)  # phi^(-1) = 1, as the code's buffer
+        self.state = np.zeros(self.size)
+        self.velocity = np.zeros(self.size)
+        self.frozen = np.zeros(self.size, dtype=bool)
+        self.applied = np.zeros(self.size, dtype=bool)
+        self.flops = backprop_flops(self.layer, self.weights, self.positions)
+
+
+def channel_axis(layer):
+    """The axis of `layer`'s output that holds its neurons."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        axis = layer.axis
+        return axis[0] if isinstance(axis, (list, tuple)) else int(axis)
+    if getattr(layer, "data_format", None) == "channels_first":
+        return 1
+    return -1
+
+
+def backprop_flops(layer, weights, positions):
+    """Backward FLOPs per sample: 4 x MACs per kernel, 2 per map element.
+
+    A kernel's weight and input gradients cost one MAC (two FLOPs) each per
+    forward MAC; a per-channel vector (bias, gamma, beta) one
+    multiply-accumulate per output element.
+    """
+    size = weights[0].num_neurons
+    flops = 0.0
+    for weight in weights:
+        if weight.kind == "vector":
+            flops += 2.0 * positions * size
+            continue
+        kernel_positions = positions
+        if weight.kind == "second_last":  # transposed conv: input positions
+            kernel_positions = positions / np.prod(
+                getattr(layer, "strides", (1,))
+            )
+        flops += 4.0 * kernel_positions * np.prod(weight.variable.shape)
+    return float(flops)
+
+
+def _single_output(layer):
+    try:
+        return keras.tree.flatten(layer.output)
+    except (AttributeError, ValueError):  # shared layer, or never called
+        return None
+
+
+def output_layers(model):
+    """Names of the neuron layers that produce (or feed) a model output."""
+    holds_neurons = {id(layer) for layer, _ in neurons_lib.neuron_layers(model)}
+    layers = list(model.layers)
+    producer = {}
+    for layer in layers:
+        for tensor in _single_output(layer) or ():
+            producer[id(tensor)] = layer
+    try:
+        outputs = keras.tree.flatten(model.outputs)
+    except (AttributeError, ValueError):
+        outputs = []
+    starts = [producer.get(id(t)) for t in outputs]
+    if not any(starts) and layers:  # a Sequential model without Input
+        starts = [layers[-1]]
+    found = set()
+    for layer in starts:
+        while layer is not None and id(layer) not in holds_neurons:
+            if layer.weights:
+                layer = None  # a layer with weights that holds no neurons
+                break
+            try:
+                inputs = keras.tree.flatten(layer.input)
+            except (AttributeError, ValueError):
+                inputs = []
+            if len(inputs) != 1:
+                layer = None
+                break
+            layer = producer.get(id(inputs[0]))
+        if layer is not None:
+            found.add(layer.name)
+    return found
+
+
+def select_records(model, layers=None, exclude=None):
+    """`(watched, passive)` records of `model`'s neuron layers.
+
+    Args:
+        model: the model.
+        layers: None (every neuron layer but the output ones) or a list of
+            regexes: a layer is watched when `re.search` finds one in its
+            name.
+        exclude: None or a list of regexes: layers matching one are not
+            watched.
+    """
+    outputs = output_layers(model) if layers is None else set()
+    watched, passive = [], []
+    for layer, weights in neurons_lib.neuron_layers(model):
+        record = NeuronRecord(layer, weights)
+        name = layer.name
+        chosen = (
+            name not in outputs
+            if layers is None
+            else any(re.search(p, name) for p in layers)
+        )
+        if exclude and any(re.search(p, name) for p in exclude):
+            chosen = False
+        (watched if chosen else passive).append(record)
+    if not watched:
+        names = [r.layer.name for r in passive]
+        raise ValueError(
+            f"{CALLER}: `layers` and `exclude` must leave a layer of model "
+            f"{model.name!r} to watch (layers holding neurons: {names}; "
+            f"output layers, not watched by default: {sorted(outputs)}). "
+            f"Received: layers={layers!r}, exclude={exclude!r}"
+        )
+    return watched, passive
