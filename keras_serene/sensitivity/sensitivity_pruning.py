@@ -226,7 +226,7 @@ class SensitivityPruning(
             return
         base = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         self._base = base
-        if self._first_epoch and base >= self.ramp.end_step > 0:
+        if self._first_epoch and base >= self.ramp.end_step:
             self._prune_step(base, epoch)  # Holds the target (idempotent).
         self._first_epoch = False
         self._next = self.ramp.next_pruning_step(base + 1)
