@@ -74,9 +74,9 @@ def _shift_reader(analysis, node, rank):
 def _folds(analysis, removed):
     """Bias additions and BN mean shifts, indexed by original channels."""
     bias_add, mean_sub = {}, {}
-    removed_ids = np.fromiter(removed, np.int64)
+    gone = analysis.removed_mask(removed)
     for node, tid in analysis.sinks():
-        mask = np.isin(analysis.ids[tid], removed_ids)
+        mask = gone[analysis.ids[tid]]
         if not mask.any():
             continue
         values = np.where(mask, analysis.values[tid], 0.0)
@@ -98,13 +98,13 @@ class _Rebuilder:
     def __init__(self, graph, analysis, removed, bias_add, mean_sub):
         self.graph = graph
         self.analysis = analysis
-        self.removed = np.fromiter(removed, np.int64)
+        self.gone = analysis.removed_mask(removed)
         self.bias_add = bias_add
         self.mean_sub = mean_sub
         self.new_layers = {}
 
     def keep(self, tid):
-        return ~np.isin(self.analysis.ids[tid], self.removed)
+        return ~self.gone[self.analysis.ids[tid]]
 
     def new_layer(self, node):
         layer = node.layer

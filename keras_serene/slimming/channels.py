@@ -276,6 +276,15 @@ class ChannelAnalysis:
             dropped |= changed
         return dropped
 
+    def removed_mask(self, removed):
+        """Bool array over every channel id: True for the `removed` ones."""
+        size = 1 + max(
+            (int(v.max()) for v in self.ids.values() if v.size), default=0
+        )
+        mask = np.zeros(size, dtype=bool)
+        mask[np.fromiter(removed, np.int64, len(removed))] = True
+        return mask
+
     def keep_mask(self, tid, removed):
         """Bool mask over the channels of `tid` that stay."""
-        return ~np.isin(self.ids[tid], np.fromiter(removed, np.int64))
+        return ~self.removed_mask(removed)[self.ids[tid]]
