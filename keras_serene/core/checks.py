@@ -166,19 +166,21 @@ def check_names(owner, arg, value, allow_none=True):
     fail(owner, arg, must, value, TypeError)
 
 
-def check_same_length(owner, arg, arrays, names=("x", "y")):
+def check_same_length(owner, arg, arrays, names=("x", "y"), shown=None):
     """Every array in `arrays` has the same first dimension; returns it.
 
     `arg` names the argument holding them (`validation_data`), `names` the
     parts, so the message reads "`validation_data` must hold as many
-    samples in x as in y".
+    samples in x as in y". `shown` is the value the message shows
+    (defaults to `arrays`).
     """
+    shown = arrays if shown is None else shown
     lengths = []
     for array in arrays:
         try:
             lengths.append(len(array))
         except TypeError:
-            fail(owner, arg, "hold arrays with a first (sample) axis", arrays)
+            fail(owner, arg, "hold arrays with a first (sample) axis", shown)
     if len(set(lengths)) > 1:
         counts = ", ".join(
             f"{n}: {count}" for n, count in zip(names, lengths, strict=False)
@@ -187,7 +189,7 @@ def check_same_length(owner, arg, arrays, names=("x", "y")):
             owner,
             arg,
             f"hold as many samples in {' as in '.join(names)} ({counts})",
-            arrays,
+            shown,
         )
     return lengths[0] if lengths else 0
 

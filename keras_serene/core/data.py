@@ -47,7 +47,9 @@ def check_xy(owner, arg, data, need_labels=True):
         leaves = keras.tree.flatten(data)
         if not leaves or not all(hasattr(a, "shape") for a in leaves):
             checks.fail(owner, arg, "be arrays or a batched dataset", data)
-        checks.check_same_length(owner, arg, leaves, names=("the inputs",))
+        checks.check_same_length(
+            owner, arg, leaves, names=("the inputs",), shown=data
+        )
         return data
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         checks.fail(
@@ -63,7 +65,11 @@ def check_xy(owner, arg, data, need_labels=True):
     if np.ndim(y) == 0:
         checks.fail(owner, arg, "hold one label per sample in y", data)
     n = checks.check_same_length(
-        owner, arg, leaves + [y], names=("x",) * len(leaves) + ("y",)
+        owner,
+        arg,
+        leaves + [y],
+        names=("x",) * len(leaves) + ("y",),
+        shown=data,
     )
     if n == 0:
         checks.fail(owner, arg, "hold at least one sample", data)
