@@ -106,3 +106,36 @@ def test_unknown_global_flag_is_an_error():
     result = _run(PROBE.format(argv=["--nope"]))
     assert result.returncode != 0
     assert "unrecognized arguments: --nope" in result.stderr
+
+
+SAVE = """
+import keras
+import keras_serene as ks
+model = keras.Sequential(
+    [keras.Input((4, 4, 2)), ks.layers.BoundedBatchNormalization()]
+)
+model.save({path!r})
+"""
+
+LOAD = """
+{imports}
+keras.models.load_model({path!r})
+print("LOADED")
+"""
+
+
+def test_lazy_names_still_register_every_class_for_loading(tmp_path):
+    # Lazy imports must not cost users the registration of keras_serene's
+    # classes: with Keras imported first (isort's order) or after any use of
+    # a `ks.` name, a `.keras` file with keras_serene layers loads.
+    path = str(tmp_path / "bounded.keras")
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = _run(SAVE.format(path=path), env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for imports in (
+        "import keras\nimport keras_serene",
+        "import keras_serene as ks\nks.summary\nimport keras",
+    ):
+        result = _run(LOAD.format(imports=imports, path=path), env)
+        assert result.returncode == 0, (imports, result.stderr[-2000:])
+        assert "LOADED" in result.stdout
