@@ -41,7 +41,7 @@ from keras_serene.app.figures import grid as _grid
 from keras_serene.app.figures import ticker as _ticker
 from keras_serene.app.tradeoff import compression_ratios  # noqa: F401
 from keras_serene.app.tradeoff import label_clusters  # noqa: F401
-from keras_serene.app.tradeoff import percent_formatter
+from keras_serene.app.tradeoff import percent_axis
 from keras_serene.app.tradeoff import plot_accuracy_vs_compression  # noqa: F401
 from keras_serene.core import checks
 
@@ -195,7 +195,7 @@ def plot_history(history, keys=None, path=None, title=None, baseline=None):
             if group != "accuracy":
                 ax.set_ylim(-0.03, 1.03)  # 0-100%: a flat 100% reads so
                 values = np.array([0.0, 1.0])
-            ax.yaxis.set_major_formatter(percent_formatter(values))
+            percent_axis(ax.yaxis, values)
         if len(members) + len(shared) > 1:
             ax.legend(fontsize=7)
     return _finish(fig, axes, len(groups), path, title)

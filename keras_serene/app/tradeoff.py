@@ -101,6 +101,9 @@ def plot_accuracy_vs_compression(runs, path=None, title=None):
     log_x = all_comp.min() > 0 and all_comp.max() > 10 * all_comp.min()
     if log_x:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(
+            _ticker().LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+        )
     ax.xaxis.set_major_formatter(_ticker().FormatStrFormatter("%gx"))
     singles = [(n, c[0], a[0]) for n, c, a in points if len(c) == 1]
     middle = _middle(all_comp, log_x)
@@ -117,20 +120,26 @@ def plot_accuracy_vs_compression(runs, path=None, title=None):
         )
     ax.set_xlabel(COMPRESSION_LABEL)
     ax.set_ylabel("test accuracy")
-    ax.yaxis.set_major_formatter(percent_formatter(all_acc))
+    percent_axis(ax.yaxis, all_acc)
     ax.margins(x=0.15, y=0.2)  # room for the point labels
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _finish(fig, axes, 1, path, title)
 
 
-def percent_formatter(values):
-    """A percent formatter with as many decimals as the values' span needs."""
+def percent_axis(axis, values):
+    """Percent ticks on `axis` (a matplotlib x/y axis) for fractions.
+
+    Ticks fall on 1, 2 or 5 times a power of ten (of percent), and get as
+    many decimals as that step needs, so no label is rounded.
+    """
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     span = float(np.ptp(values)) if values.size else 1.0
     decimals = 0 if span >= 0.05 else 1 if span >= 0.005 else 2
-    return _ticker().PercentFormatter(xmax=1, decimals=decimals)
+    ticker = _ticker()
+    axis.set_major_locator(ticker.MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
+    axis.set_major_formatter(ticker.PercentFormatter(xmax=1, decimals=decimals))
 
 
 def _middle(values, log_x):
