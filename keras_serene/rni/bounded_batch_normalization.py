@@ -269,19 +269,18 @@ def to_plain_batch_normalization(model):
     Returns:
         A new `keras.Model`.
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "to_plain_batch_normalization expects a keras.Model. Received: "
-            f"model={model!r} of type {type(model).__name__}."
-        )
+    owner = "to_plain_batch_normalization"
+    checks.check_type(owner, "model", model, keras.Model, "be a keras.Model")
     serialized = keras.saving.serialize_keras_object(model)
     if not isinstance(serialized.get("config"), dict) or (
         "layers" not in serialized["config"]
     ):
-        raise ValueError(
-            "to_plain_batch_normalization supports Sequential and Functional "
-            f"models. Received model {model.name!r} of type "
-            f"{type(model).__name__}, whose config lists no layers."
+        checks.fail(
+            owner,
+            "model",
+            "be a Sequential or Functional model (a subclassed model's "
+            "config lists no layers)",
+            model,
         )
     serialized.pop("compile_config", None)
     serialized["config"] = _convert_configs(serialized["config"])

@@ -173,6 +173,12 @@ CASES = [
         ("BoundedBatchNormalization", "`axis`", "axis=[1, 2]"),
     ),
     (
+        "to-plain-bn-model",
+        lambda: ks.layers.to_plain_batch_normalization("model"),
+        TypeError,
+        ("to_plain_batch_normalization", "`model`", "model='model'"),
+    ),
+    (
         "receding-strength-nan",
         lambda: ks.regularizers.RecedingImportance(strength=NAN),
         ValueError,
