@@ -14,8 +14,9 @@ touched; pass `path=` to save a PNG, or call `fig.savefig` yourself.
   `x`, `a/b` with `a` (so `psp_entropy/conv1` and `psp_entropy/fc1` share a
   panel). Known keys come first, in this order: accuracy, loss, sparsity,
   compression, pruning_threshold, alive_neurons, frozen_fraction,
-  psp_entropy. `baseline=` overlays a dense run's history (dashed) on the
-  panels they share. Fractions (accuracy, sparsity, alive neurons, frozen
+  psp_entropy (`scheduled_sparsity` shares the sparsity panel).
+  `baseline=` overlays a dense run's history (dashed) on the panels they
+  share. Fractions (accuracy, sparsity, alive neurons, frozen
   fraction, when in [0, 1]) are drawn on percent axes.
 - `plot_accuracy_vs_compression(runs)` (in `keras_serene.app.tradeoff`,
   re-exported here): accuracy (percent) against the compression ratio, one
@@ -57,6 +58,8 @@ KNOWN_GROUPS = (
 )
 #: Groups whose values are fractions: percent axes when within [0, 1].
 FRACTION_GROUPS = ("accuracy", "sparsity", "alive_neurons", "frozen_fraction")
+#: Keys drawn in another key's panel (the schedule beside what it reached).
+PANEL_OF = {"scheduled_sparsity": "sparsity"}
 #: Panel titles that say what the number is.
 TITLES = {
     "sparsity": "sparsity (weights at zero)",
@@ -247,7 +250,8 @@ def history_series(history):
 
 def _group_of(key):
     key = key[4:] if key.startswith("val_") else key
-    return key.split("/", 1)[0]
+    key = key.split("/", 1)[0]
+    return PANEL_OF.get(key, key)
 
 
 def _groups(series):

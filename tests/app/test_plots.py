@@ -138,6 +138,7 @@ def test_history_with_dense_baseline_and_percent_axes(tmp_path):
         "accuracy": [0.5, 0.8],
         "val_accuracy": [0.4, 0.7],
         "sparsity": [0.0, 0.9],
+        "scheduled_sparsity": [0.1, 0.9],
         "alive_neurons": [1.0, 1.0],
         "loss": [1.0, 0.5],
     }
@@ -164,7 +165,11 @@ def test_history_with_dense_baseline_and_percent_axes(tmp_path):
     np.testing.assert_array_equal(
         accuracy.get_lines()[2].get_ydata(), [0.6, 0.9]
     )
-    assert len(sparsity.get_lines()) == 1  # The dense run has no sparsity.
+    # The schedule shares the sparsity panel; the dense run has no sparsity.
+    assert [line.get_label() for line in sparsity.get_lines()] == [
+        "pruned: scheduled_sparsity",
+        "pruned: sparsity",
+    ]
     # Fractions on percent axes; a flat 100% alive is drawn on 0-100%.
     formatter = sparsity.yaxis.get_major_formatter()
     assert formatter.__class__.__name__ == "PercentFormatter"
