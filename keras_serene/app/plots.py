@@ -181,7 +181,8 @@ def plot_history(history, keys=None, path=None, title=None, baseline=None):
     for ax, (group, members) in zip(axes, groups.items(), strict=False):
         prefix = "pruned: " if base else ""
         for key in members:
-            _plot_series(ax, series[key], "-", prefix + key)
+            line = ":" if key.startswith("scheduled_") else "-"
+            _plot_series(ax, series[key], line, prefix + key)
         shared = [k for k in sorted(base, key=_member_order) if k in members]
         for key in shared:
             _plot_series(ax, base[key], "--", "dense: " + key, alpha=0.8)
