@@ -3,6 +3,9 @@
 What it costs to train with each regularizer, as a ratio of plain SGD's
 train-step time on the same model, the same data and the same batch:
 
+- `masking`, `masking_grads`: `ks.MaskingOptimizer(SGD)` alone, the masking
+  layer every keras_serene optimizer builds on (what NEq costs per step),
+  and with `mask_gradients=True` (the NEq authors' MaskedSGD semantics);
 - `lobster`: `ks.SensitivityOptimizer(SGD, sensitivity="loss")` (LOBSTER,
   arXiv 2011.09905: the training gradient is reused; goal <= 1.10x);
 - `output`: NeurIPS 2018 output sensitivity (arXiv 1810.11764), one extra
@@ -55,11 +58,12 @@ def _dataset(steps, seed=0):
     return data.prefetch(tf.data.AUTOTUNE)
 
 
-def _variants(model_name, exact, jit=False):
+def _variants(model_name, exact, jit=False, only=None):
     import keras
 
     import keras_serene as ks
     from keras_serene.app import zoo
+    from keras_serene.core.masking_optimizer import MaskingOptimizer
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     init = zoo.get(model_name).get_weights()
@@ -70,6 +74,12 @@ def _variants(model_name, exact, jit=False):
         sgd = keras.optimizers.SGD(0.1)
         if kind == "sgd":
             model.compile(optimizer=sgd, loss=loss, jit_compile=jit)
+            return model, model
+        if kind.startswith("masking"):
+            masking = MaskingOptimizer(
+                sgd, mask_gradients=kind == "masking_grads"
+            )
+            model.compile(optimizer=masking, loss=loss, jit_compile=jit)
             return model, model
         sensitivity = {
             "lobster": "loss",
@@ -85,9 +95,12 @@ def _variants(model_name, exact, jit=False):
         trainer.compile(optimizer=optimizer, loss=loss, jit_compile=jit)
         return trainer, model
 
-    kinds = ["sgd", "lobster", "output", "neuron", "neuron_loss"]
+    kinds = ["sgd", "masking", "masking_grads", "lobster", "output", "neuron"]
+    kinds.append("neuron_loss")
     if exact:
         kinds.append("output_exact")
+    if only:
+        kinds = [k for k in kinds if k in only or k == "sgd"]
     return {kind: build(kind) for kind in kinds}
 
 
@@ -105,11 +118,13 @@ def _seconds_per_step(fit, data, steps, clock="wall"):
     return (elapsed[1] - elapsed[0]) / steps
 
 
-def time_keras(model_name, steps, repeats, exact, clock="wall", jit=False):
+def time_keras(
+    model_name, steps, repeats, exact, clock="wall", jit=False, only=None
+):
     """Median seconds per step of each variant, interleaved."""
     from keras_serene.core import masking as masks
 
-    variants = _variants(model_name, exact, jit)
+    variants = _variants(model_name, exact, jit, only)
     data = _dataset(steps)
     for trainer, _ in variants.values():  # Warm-up: trace and compile.
         trainer.fit(data, epochs=1, steps_per_epoch=3, verbose=0, shuffle=False)
@@ -119,7 +134,9 @@ def time_keras(model_name, steps, repeats, exact, clock="wall", jit=False):
             n = max(2, steps // 10) if kind == "output_exact" else steps
             times[kind].append(_seconds_per_step(trainer.fit, data, n, clock))
     medians = {kind: statistics.median(t) for kind, t in times.items()}
-    optimizer = masks.mask_optimizer(variants["lobster"][0])
+    optimizer = masks.mask_optimizer(
+        next(v[0] for k, v in variants.items() if k != "sgd")
+    )
     params = sum(int(v.numpy().size) for v in optimizer.masks)
     return medians, masks.mask_bytes(optimizer), params
 
@@ -215,6 +232,9 @@ def main(argv=None):
     parser.add_argument("--models", default="lenet300,lenet5")
     parser.add_argument("--no-tfmot", action="store_true")
     parser.add_argument(
+        "--variants", default=None, help="comma separated (default: all)"
+    )
+    parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
         default="wall",
@@ -228,8 +248,9 @@ def main(argv=None):
     repeats = args.repeats or (5 if args.quick else 9)
     rows = []
     for model_name in args.models.split(","):
+        only = args.variants.split(",") if args.variants else None
         medians, mask_bytes, params = time_keras(
-            model_name, steps, repeats, True, args.clock, args.jit
+            model_name, steps, repeats, True, args.clock, args.jit, only
         )
         base = medians["sgd"]
         for kind, seconds in medians.items():
