@@ -35,6 +35,8 @@ Data structure (stable, used by `ks.prune_by_importance`):
       keeps every channel.
     - `coupled`: Bool. True when the channels cross a residual sum, a
       multiplicative gate or an elementwise max/min (`len(sources) > 1`).
+- `plan.analysis`: the `ChannelAnalysis` the plan was made from (not
+  serialized; `None` after `from_json`), which `ks.slim(model, plan)` applies.
 - `plan.group_of(layer_name)`: the group holding the output channels of a
   layer (a Conv, Dense, BatchNormalization...), `plan.groups_of(layer_name)`
   all groups touching it.
