@@ -10,7 +10,8 @@ package's public names load on first use), so they answer at once. Before a
 subcommand runs, TensorFlow's C++ and absl logs are silenced
 (`TF_CPP_MIN_LOG_LEVEL=3`, absl verbosity ERROR, and the start-up lines that
 TensorFlow writes before its logging is set up, such as "Could not find cuda
-drivers", go to /dev/null); `keras-serene --verbose COMMAND` shows them all.
+drivers", and LiteRT's once-per-process XNNPACK banner go to /dev/null);
+`keras-serene --verbose COMMAND` shows them all.
 A `TF_CPP_MIN_LOG_LEVEL` already set by the user is kept.
 """
 
@@ -91,14 +92,52 @@ def quiet_tensorflow():
         absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:  # pragma: no cover - absl comes with TensorFlow
         pass
-    if "tensorflow" in sys.modules:
-        return
     with _stderr_to_devnull():
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
 
-    import tensorflow as tf
-
+        _spend_litert_banner()
     tf.get_logger().setLevel("ERROR")
+
+
+def _spend_litert_banner():
+    """Lets LiteRT print its once-per-process banner where nobody sees it.
+
+    LiteRT writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    to stderr the first time an interpreter allocates its tensors, whatever
+    the log level. Allocating a two-input ADD model, built here with
+    LiteRT's flatbuffer schema, while stderr points at /dev/null spends it.
+    Anything going wrong here is ignored: the banner then simply shows.
+    """
+    try:
+        import flatbuffers
+        from ai_edge_litert import schema_py_generated as schema
+        from ai_edge_litert.interpreter import Interpreter
+
+        tensors = []
+        for name in (b"a", b"b", b"sum"):
+            tensor = schema.TensorT()
+            tensor.shape, tensor.type = [1, 4], schema.TensorType.FLOAT32
+            tensor.buffer, tensor.name = 0, name
+            tensors.append(tensor)
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1], [2]
+        op.builtinOptionsType = schema.BuiltinOptions.AddOptions
+        op.builtinOptions = schema.AddOptionsT()
+        code = schema.OperatorCodeT()
+        code.builtinCode = schema.BuiltinOperator.ADD
+        code.deprecatedBuiltinCode = schema.BuiltinOperator.ADD
+        code.version = 1
+        graph = schema.SubGraphT()
+        graph.tensors, graph.operators = tensors, [op]
+        graph.inputs, graph.outputs = [0, 1], [2]
+        model = schema.ModelT()
+        model.version, model.subgraphs = 3, [graph]
+        model.buffers, model.operatorCodes = [schema.BufferT()], [code]
+        builder = flatbuffers.Builder(0)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        Interpreter(model_content=bytes(builder.Output())).allocate_tensors()
+    except Exception:  # noqa: BLE001 - a cosmetic step must never fail
+        pass
 
 
 @contextlib.contextmanager

@@ -75,11 +75,16 @@ def test_subcommand_runs_with_tensorflow_logs_hidden():
         "import os\n"
         "print('LEVEL', os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
         "print('TF', 'tensorflow' in sys.modules)\n"
+        # LiteRT's XNNPACK banner was spent while stderr was silenced.
+        "import keras, keras_serene as ks\n"
+        "m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])\n"
+        "print('LATENCY', ks.export.tflite_latency(ks.to_tflite(m)) > 0)\n"
     )
     result = _run(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--quick" in result.stdout
     assert "LEVEL 3" in result.stdout and "TF True" in result.stdout
+    assert "LATENCY True" in result.stdout
     assert result.stderr.strip() == "", result.stderr[-2000:]
 
 
