@@ -136,6 +136,9 @@ class SensitivityOptimizer(MaskingOptimizer):
             inner_optimizer, mask_gradients=mask_gradients, name=name, **kwargs
         )
         self.sensitivity = sensitivity_lib.get(sensitivity)
+        #: The estimator's optimizer state: what `sensitivity.build`
+        #: returned (a dict of variables), handed back at every step.
+        self.sensitivity_state = {}
         self.decay = float(decay)
         self.exclude = list(exclude)
 
@@ -148,7 +151,7 @@ class SensitivityOptimizer(MaskingOptimizer):
         self._regularized = [
             is_regularized(variable, self.exclude) for variable in var_list
         ]
-        self.sensitivity.build(
+        self.sensitivity_state = self.sensitivity.build(
             self, [v for v, r in zip(var_list, self._regularized) if r]
         )
 
@@ -210,7 +213,9 @@ class SensitivityOptimizer(MaskingOptimizer):
                 "`model`), or use sensitivity='loss'."
             )
         reduced = _distribute.all_reduce_sum([grads[i] for i in decayed])
-        values = self.sensitivity(reduced, [variables[i] for i in decayed])
+        values = self.sensitivity(
+            reduced, [variables[i] for i in decayed], self.sensitivity_state
+        )
         return dict(zip(decayed, values))
 
     def wrapper_config(self):
