@@ -10,7 +10,8 @@
    group zeroed (kernel slices, biases, BN `gamma`/`beta`, depthwise
    filters: the channel is exactly 0): `.tflite` bytes and single-thread
    `ai_edge_litert` latency of dense, masked + `EXPERIMENTAL_SPARSITY` and
-   slim (`ks.slim`), beside the FLOPs ratio. Goal: the slim latency ratio
+   slim (`ks.slim`), beside the FLOPs ratio (and FLOPs8: channel counts
+   rounded up to XNNPACK's 8-wide tiles). Goal: the slim latency ratio
    within 1.3x of its FLOPs ratio. Latencies are interleaved repeats
    (`ks.export.latency_ratios`), ratios to dense with their min-max.
 3. `--zoo`: the same table on LeNet-300, LeNet-5 and the MobileNet-like CNN
@@ -106,28 +107,39 @@ def kill_half(model, seed=0):
     return model
 
 
-def flops(model):
+def _macs(shape, positions, tile, axes=(-2, -1)):
+    """MACs of a kernel `shape` at `positions`, the last two axes (in/out
+    channels) rounded up to `tile` (XNNPACK's f32 kernels work on 8-wide
+    channel tiles on AVX2: 4 channels cost as much as 8)."""
+    shape = list(shape)
+    for axis in axes:
+        shape[axis] = -(-shape[axis] // tile) * tile
+    return positions * int(np.prod(shape))
+
+
+def flops(model, tile=1):
     """Multiply-accumulates of Dense, Conv2D, DepthwiseConv2D, Separable."""
     total = 0
     for layer in _walk(model):
         if isinstance(layer, keras.layers.Dense):
-            total += int(np.prod(layer.kernel.shape))
+            total += _macs(layer.kernel.shape, 1, tile)
         elif isinstance(layer, keras.layers.SeparableConv2D):
             positions = int(np.prod(layer.output.shape[1:3]))
-            total += positions * int(np.prod(layer.depthwise_kernel.shape))
-            total += positions * int(np.prod(layer.pointwise_kernel.shape))
-        elif isinstance(
-            layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
-        ):
+            total += _macs(layer.depthwise_kernel.shape, positions, tile, [-2])
+            total += _macs(layer.pointwise_kernel.shape, positions, tile)
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
             positions = int(np.prod(layer.output.shape[1:3]))
-            total += positions * int(np.prod(layer.kernel.shape))
+            total += _macs(layer.kernel.shape, positions, tile, [-2])
+        elif isinstance(layer, keras.layers.Conv2D):
+            positions = int(np.prod(layer.output.shape[1:3]))
+            total += _macs(layer.kernel.shape, positions, tile)
     return total
 
 
 def bench_latency(name, model, fractions, runs, repeats):
     dense_flops = flops(model)
     blobs = {"dense": ks.to_tflite(model)}
-    flops_ratio = {}
+    flops_ratio, tiled_ratio = {}, {}
     for fraction in fractions:
         masked = zero_channels(model, fraction)
         small = ks.slim(masked)
@@ -136,6 +148,7 @@ def bench_latency(name, model, fractions, runs, repeats):
         )
         blobs[f"{fraction:.0%} slim"] = ks.to_tflite(small)
         flops_ratio[fraction] = flops(small) / dense_flops
+        tiled_ratio[fraction] = flops(small, 8) / flops(model, 8)
     result = latency_ratios(blobs, runs=runs, repeats=repeats)
     dense = result["dense"]
     print(
@@ -146,6 +159,7 @@ def bench_latency(name, model, fractions, runs, repeats):
     header = (
         f"{'removed':>7} | {'bytes +sparse':>13} {'slim':>6} | "
         f"{'latency +sparse':>22} {'slim':>22} | {'FLOPs':>6} {'lat/FLOPs':>9}"
+        f" | {'FLOPs8':>6} {'lat/FLOPs8':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -165,7 +179,9 @@ def bench_latency(name, model, fractions, runs, repeats):
             f"{fraction:>7.0%} | {sparse_bytes:>13.3f} {slim_bytes:>6.3f} | "
             f"{cell(sparse):>22} {cell(slim):>22} | "
             f"{flops_ratio[fraction]:>6.3f} "
-            f"{slim['ratio'] / flops_ratio[fraction]:>9.2f}"
+            f"{slim['ratio'] / flops_ratio[fraction]:>9.2f} | "
+            f"{tiled_ratio[fraction]:>6.3f} "
+            f"{slim['ratio'] / tiled_ratio[fraction]:>10.2f}"
         )
 
 
@@ -201,6 +217,9 @@ def main():
     )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--models", nargs="*", default=["MobileNetV2", "ResNet50"]
+    )
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
     if "time" in args.sections:
@@ -229,7 +248,8 @@ def main():
             ),
         }
         for name, model in models.items():
-            bench_latency(name, model, (0.5, 0.75), args.runs, args.repeats)
+            if name.split()[0] in args.models:
+                bench_latency(name, model, (0.5, 0.75), args.runs, args.repeats)
     if "zoo" in args.sections:
         models = {
             "LeNet-300-100": zoo.lenet300(),
