@@ -1,12 +1,13 @@
 """Tests for ks.metrics.psp_entropy and ks.callbacks.PSPEntropyLogger."""
 
 import math
-import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from harness import assert_config_round_trip
+from harness import assert_saving_round_trip
 from keras import layers
 from two_cpus import run_on_two_cpus
 
@@ -369,8 +370,7 @@ def test_logger_config_round_trip_and_registration():
     }
     cls = keras.saving.get_registered_object("keras_serene>PSPEntropyLogger")
     assert cls is ks.callbacks.PSPEntropyLogger
-    restored = cls.from_config({**config, "validation_data": (x, y)})
-    assert restored.get_config() == config
+    assert_config_round_trip(logger, cls, validation_data=(x, y))
     with pytest.raises(ValueError, match="validation_data"):
         cls.from_config(config)
 
@@ -448,12 +448,7 @@ def test_model_trained_with_logger_saves_and_loads(tmp_path):
     # The side model's linear copies are not attached to the user's model.
     assert [layer.name for layer in model.layers] == names
     assert len(model.get_config()["layers"]) == 6
-    path = os.path.join(tmp_path, "model.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(
-        model.predict_on_batch(x), loaded.predict_on_batch(x), rtol=1e-6
-    )
+    loaded = assert_saving_round_trip(model, x, tmp_path)
     _assert_results_equal(
         ks.metrics.psp_entropy(model, x, y),
         ks.metrics.psp_entropy(loaded, x, y),

@@ -1,10 +1,10 @@
 """Tests for `ks.prune_by_importance` (RNI / network-slimming pruning)."""
 
-import os
 
 import keras
 import numpy as np
 import pytest
+from harness import assert_saving_round_trip
 
 import keras_serene as ks
 from keras_serene.rni.importance_optimizer import importance_vgg
@@ -215,11 +215,7 @@ def test_slimmed_model_keras_round_trip(tmp_path):
     )
     small = ks.prune_by_importance(model, 0.5, min_channels=1)
     assert not small.compiled
-    path = os.path.join(tmp_path, "small.keras")
-    small.save(path)
-    loaded = keras.models.load_model(path)
-    x = _inputs()
-    np.testing.assert_array_equal(_predict(loaded, x), _predict(small, x))
+    assert_saving_round_trip(small, _inputs(), tmp_path, "small.keras", rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,13 @@
 `importance_vgg`: RNI and its baselines)."""
 
 import math
-import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from harness import assert_config_round_trip
+from harness import assert_saving_round_trip
 from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
@@ -63,8 +64,7 @@ def test_finite_for_extreme_values():
 def test_config_round_trip_and_serialization():
     reg = ks.regularizers.RecedingImportance(strength=1e-4, shift=0.0)
     assert reg.get_config() == {"strength": 1e-4, "shift": 0.0}
-    again = ks.regularizers.RecedingImportance.from_config(reg.get_config())
-    assert again.get_config() == reg.get_config()
+    assert_config_round_trip(reg)
     restored = keras.regularizers.deserialize(keras.regularizers.serialize(reg))
     assert isinstance(restored, ks.regularizers.RecedingImportance)
     assert restored.get_config() == reg.get_config()
@@ -199,8 +199,7 @@ def test_config_round_trip_and_delegation():
     )
     config = opt.get_config()
     assert config["multiplier"] == 5.0
-    again = ks.ImportanceOptimizer.from_config(config)
-    assert again.get_config() == config
+    again = assert_config_round_trip(opt)
     assert isinstance(again.inner_optimizer, keras.optimizers.SGD)
     assert again.inner_optimizer.weight_decay == 1e-4
     opt.learning_rate = 0.05
@@ -216,13 +215,7 @@ def test_keras_save_load_with_the_optimizer(tmp_path):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    path = os.path.join(tmp_path, "rni.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(model(x)),
-        keras.ops.convert_to_numpy(loaded(x)),
-    )
+    loaded = assert_saving_round_trip(model, x, tmp_path, "rni.keras", rtol=0)
     assert isinstance(loaded.optimizer, ks.ImportanceOptimizer)
     assert loaded.optimizer.multiplier == 10.0
     loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)
