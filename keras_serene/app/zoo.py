@@ -103,6 +103,7 @@ def get(name, **kwargs):
     """Builds a reference model by name (a key of `MODELS`)."""
     if name not in MODELS:
         raise ValueError(
-            f"Unknown model {name!r}. Expected one of {sorted(MODELS)}."
+            f"zoo.get: `name` must be one of {sorted(MODELS)}. "
+            f"Received: name={name!r}"
         )
     return MODELS[name](**kwargs)

@@ -27,9 +27,10 @@ def register(name, cls):
     _BY_NAME[name] = cls
 
 
-def get(identifier):
+def get(identifier, caller="ks.sensitivity.get"):
     """Returns an estimator for a name (`"loss"`, `"output"`, `"neuron"`),
-    an estimator instance, or a serialized estimator config."""
+    an estimator instance, or a serialized estimator config; errors name
+    `caller`."""
     if isinstance(identifier, Sensitivity):
         return identifier
     if isinstance(identifier, dict):
@@ -39,7 +40,7 @@ def get(identifier):
     if isinstance(identifier, str) and identifier in _BY_NAME:
         return _BY_NAME[identifier]()
     raise ValueError(
-        "`sensitivity` must be one of "
-        f"{sorted(_BY_NAME)} or a `ks.sensitivity.Sensitivity` instance. "
-        f"Received sensitivity={identifier!r}"
+        f"{caller}: `sensitivity` must be one of {sorted(_BY_NAME)} or a "
+        "`ks.sensitivity.Sensitivity` instance. "
+        f"Received: sensitivity={identifier!r}"
     )
