@@ -80,6 +80,8 @@ def _folds(analysis, removed):
         if not mask.any():
             continue
         values = np.where(mask, analysis.values[tid], 0.0)
+        if not values.any():  # removed channels that are exactly zero
+            continue
         out = _linear_part(node.layer, values)
         contribution = out.reshape(-1, out.shape[-1]).mean(axis=0)
         if not np.any(contribution):
