@@ -230,8 +230,8 @@ SEED0_300 = (
     "st80-global-nd,st80-serene"
 )
 EXTRA_300 = (
-    "taylor98,serene98,mag98-nd,tfmot90,mag90,tfmot95,mag95,st50-global,"
-    "st90-global,mag99-nd,st80-taylor"
+    "tfmot90,mag90,tfmot95,mag95,taylor98,serene98,mag98-nd,st90-mag,"
+    "st50-mag,mag99-nd,st80-taylor"
 )
 ROWS_5 = "dense,st80-mag,st80-global"
 ALL_300 = (
