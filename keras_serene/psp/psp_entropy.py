@@ -48,6 +48,7 @@ import keras
 import numpy as np
 
 from keras_serene.core import checks
+from keras_serene.core import layer_table
 from keras_serene.core import preactivations
 from keras_serene.core.data import check_inputs_match
 from keras_serene.core.data import is_dataset  # noqa: F401 (old name)
@@ -57,28 +58,23 @@ CLAMP_MIN = 1e-4
 CLAMP_MAX = 0.9999
 PER_VALUES = ("neuron", "channel")
 
-# Layers whose output is a set of neurons' pre-activations: chosen by default.
-_PRODUCERS = (
-    keras.layers.Dense,
-    keras.layers.EinsumDense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-)
-# Layers accepted when named explicitly: in conv -> BN -> ReLU, the BN output
-# is what the activation sees.
-_NORMALIZERS = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-)
+def _is_producer(layer):
+    """A layer whose output is a set of neurons' pre-activations (Dense,
+    Conv, ...): one with a kernel in the layer table, chosen by default."""
+    entry = layer_table.entry_for(layer)
+    return bool(
+        entry is not None
+        and entry.axis_attribute is None
+        and any(w.endswith("kernel") for w in entry.regularized_weights or ())
+    )
+
+
+def _is_normalizer(layer):
+    """A normalization (BatchNormalization, LayerNormalization, ...),
+    accepted when named: in conv -> BN -> ReLU, the BN output is what the
+    activation sees."""
+    entry = layer_table.entry_for(layer)
+    return entry is not None and entry.axis_attribute is not None
 
 
 def psp_entropy(
@@ -278,7 +274,7 @@ def _binary_entropy(p):
 
 def _resolve_layers(model, names):
     if names is None:
-        chosen = [la for la in model.layers if isinstance(la, _PRODUCERS)]
+        chosen = [la for la in model.layers if _is_producer(la)]
         if not chosen:
             raise ValueError(
                 f"psp_entropy: model {model.name!r} has no Dense or Conv "
@@ -302,11 +298,11 @@ def _resolve_layers(model, names):
                 f"{name!r} (top-level layers: {sorted(by_name)})."
             )
         layer = by_name[name]
-        if not isinstance(layer, _PRODUCERS + _NORMALIZERS):
+        if not (_is_producer(layer) or _is_normalizer(layer)):
             raise ValueError(
                 f"psp_entropy: layer {name!r} ({type(layer).__name__}) has "
-                "no pre-activation output. Allowed layer types: "
-                f"{sorted(c.__name__ for c in _PRODUCERS + _NORMALIZERS)}."
+                "no pre-activation output: name a layer with a kernel (Dense, "
+                "Conv, ...) or a normalization (BatchNormalization, ...)."
             )
         if layer in chosen:
             raise ValueError(

@@ -247,6 +247,19 @@ def test_does_not_mutate_the_model():
     np.testing.assert_array_equal(before, model.predict_on_batch(X_HAND))
 
 
+def test_a_dense_subclass_is_measured_by_default():
+    class MyDense(layers.Dense):  # the layer table's class-hierarchy lookup
+        pass
+
+    inputs = keras.Input((4,))
+    h = MyDense(3, activation="relu", name="mine")(inputs)
+    model = keras.Model(inputs, layers.Dense(2, name="out")(h))
+    x_data = np.random.default_rng(0).normal(size=(10, 4)).astype("float32")
+    result = ks.metrics.psp_entropy(model, x_data, np.arange(10) % 2)
+    assert sorted(result) == ["mine", "out"]
+    assert result["mine"]["entropy"].shape == (3,)
+
+
 def test_bad_inputs_name_the_problem():
     model = _small_cnn()
     x, y = _cnn_data()
