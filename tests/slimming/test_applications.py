@@ -192,7 +192,9 @@ def check_application(name, variant="default"):
     plan = ks.slimming_plan(model)
     small = ks.slim(model, plan)
     size = model.input.shape[1]
-    x = np.random.default_rng(1).uniform(0, 255, (2, size, size, 3))
+    # Raw pixels, or [-1, 1] when the model leaves preprocessing to the user.
+    low, high = (-1, 1) if variant == "no_preprocessing" else (0, 255)
+    x = np.random.default_rng(1).uniform(low, high, (2, size, size, 3))
     x = x.astype("float32")
     expected = np.asarray(model(x, training=False))
     got = np.asarray(small(x, training=False))
