@@ -35,15 +35,8 @@ import numpy as np  # noqa: E402
 import keras_serene as ks  # noqa: E402
 from keras_serene.app import zoo  # noqa: E402
 from keras_serene.core.channel_rules import find_weight  # noqa: E402
+from keras_serene.core.neurons import iter_layers  # noqa: E402
 from keras_serene.export import latency_ratios  # noqa: E402
-
-
-def _walk(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _walk(layer)
-        else:
-            yield layer
 
 
 def _layer_at(model, path):
@@ -88,7 +81,7 @@ def kill_half(model, seed=0):
         if entry["class_name"] == "BatchNormalization":
             source = entry["inbound_nodes"][0]["args"][0]["config"]
             readers[source["keras_history"][0]] = model.get_layer(entry["name"])
-    for layer in _walk(model):
+    for layer in iter_layers(model):
         if type(layer) not in (keras.layers.Conv2D, keras.layers.Dense):
             continue
         kernel = layer.kernel.numpy()
@@ -120,7 +113,7 @@ def _macs(shape, positions, tile, axes=(-2, -1)):
 def flops(model, tile=1):
     """Multiply-accumulates of Dense, Conv2D, DepthwiseConv2D, Separable."""
     total = 0
-    for layer in _walk(model):
+    for layer in iter_layers(model):
         if isinstance(layer, keras.layers.Dense):
             total += _macs(layer.kernel.shape, 1, tile)
         elif isinstance(layer, keras.layers.SeparableConv2D):

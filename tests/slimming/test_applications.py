@@ -27,6 +27,7 @@ from keras import layers  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
 from keras_serene.core.channel_rules import find_weight  # noqa: E402
+from keras_serene.core.neurons import iter_layers  # noqa: E402
 
 ALL = os.environ.get("KERAS_SERENE_ALL_APPLICATIONS", "") not in ("", "0")
 CONSTRUCTORS = sorted(
@@ -58,17 +59,9 @@ PREPROCESSING = tuple(
 )
 
 
-def _walk(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _walk(layer)
-        else:
-            yield layer
-
-
 def _producers(model):
     """(layer, output weight) of each Conv/Dense layer (incl. separable)."""
-    for layer in _walk(model):
+    for layer in iter_layers(model):
         if isinstance(layer, layers.DepthwiseConv2D):
             continue
         if isinstance(layer, layers.SeparableConv2D):
@@ -100,7 +93,7 @@ def _reader_batch_norms(model):
 
 def _randomize(model, rng):
     """Random BN statistics and layer scales, so a wrong fold shows."""
-    for layer in _walk(model):
+    for layer in iter_layers(model):
         if isinstance(layer, layers.BatchNormalization):
             layer.set_weights(
                 [
@@ -205,7 +198,7 @@ def check_application(name, variant="default"):
     assert plan.num_removed > 0
     added_bias = sum(
         int(np.prod(la.bias.shape))
-        for la in _walk(small)
+        for la in iter_layers(small)
         if getattr(la, "use_bias", False)
         and not getattr(_layer_at_or_none(model, la.name), "use_bias", True)
     )
@@ -216,7 +209,7 @@ def check_application(name, variant="default"):
 
 
 def _layer_at_or_none(model, name):
-    for layer in _walk(model):
+    for layer in iter_layers(model):
         if layer.name == name:
             return layer
     return None
