@@ -86,8 +86,9 @@ RUNS = ("baseline", "neq", "neq_faithful", "random")
 
 
 class RandomFreezing(keras.callbacks.Callback):
-    """Control: each epoch freezes `counts[epoch][name]` random neurons of
-    each layer (NEq's budget), skipping a layer drawn whole, as NEq does."""
+    """Control: each epoch freezes `counts[epoch][i]` random neurons of the
+    i-th neuron layer (NEq's budget), skipping a layer drawn whole, as NEq
+    does."""
 
     def __init__(self, counts, seed=0):
         super().__init__()
@@ -104,9 +105,9 @@ class RandomFreezing(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         counts = self.counts[epoch] if epoch < len(self.counts) else {}
         whole = []
-        for layer, weights in self.layers:
+        for index, (layer, weights) in enumerate(self.layers):
             size = weights[0].num_neurons
-            count = counts.get(layer.name, 0)
+            count = counts.get(index, 0)
             frozen = np.zeros(size, dtype=bool)
             frozen[self.rng.choice(size, count, replace=False)] = True
             for w in weights:
@@ -251,8 +252,13 @@ def run_seed(name, cfg, data, seed, args):
     neq_counts = []  # filled by the neq run epoch by epoch, read by random
 
     class Counts(keras.callbacks.Callback):
+        """neq's per-layer counts, keyed by position in `neuron_layers`
+        order: the random run's model has other automatic layer names."""
+
         def on_epoch_end(self, epoch, logs=None):
-            neq_counts.append(dict(neq["neq"].history[-1]["frozen"]))
+            order = [la.name for la, _ in neurons_lib.neuron_layers(self.model)]
+            frozen = neq["neq"].history[-1]["frozen"]
+            neq_counts.append({order.index(n): c for n, c in frozen.items()})
 
     neq = {}
     runs = [r for r in RUNS if r in args.runs.split(",")]
