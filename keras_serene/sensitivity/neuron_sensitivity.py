@@ -42,6 +42,7 @@ import keras
 from keras import ops
 
 from keras_serene.core import distribute as _distribute
+from keras_serene.core import layer_table
 from keras_serene.core import neurons as neurons_lib
 from keras_serene.core import preactivations as preactivations_lib
 from keras_serene.sensitivity.output_sensitivity import single_output
@@ -50,19 +51,10 @@ from keras_serene.sensitivity.sensitivity import Sensitivity
 ESTIMATORS = ("lower_bound", "full", "local", "loss")
 
 
-def channel_axis(layer, z):
-    """The axis of `z` that indexes `layer`'s neurons."""
-    rank = len(z.shape)
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return layer.axis % rank
-    if getattr(layer, "data_format", None) == "channels_first" and rank > 2:
-        return 1
-    return rank - 1
-
-
 def per_channel_mean(layer, values):
     """Mean of `values` (shaped like `z`) over every axis but the channel."""
-    axis = channel_axis(layer, values)
+    rank = len(values.shape)
+    axis = layer_table.entry_for(layer).neuron_axis(layer, rank)
     axes = tuple(i for i in range(len(values.shape)) if i != axis)
     return ops.mean(ops.cast(values, "float32"), axis=axes)
 
