@@ -61,6 +61,10 @@ _PUBLIC = {
         "keras_serene.rni.importance_pruning",
         "prune_by_importance",
     ),
+    "MaskingOptimizer": (
+        "keras_serene.core.masking_optimizer",
+        "MaskingOptimizer",
+    ),
     "SensitivityModel": (
         "keras_serene.sensitivity.sensitivity_model",
         "SensitivityModel",

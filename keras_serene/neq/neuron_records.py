@@ -21,6 +21,7 @@ import re
 import keras
 import numpy as np
 
+from keras_serene.core import layer_table
 from keras_serene.core import neurons as neurons_lib
 from keras_serene.neq.subset import CALLER
 
@@ -32,7 +33,7 @@ class NeuronRecord:
         self.layer = layer
         self.weights = weights
         self.size = weights[0].num_neurons
-        self.axis = channel_axis(layer)
+        self.axis = layer_table.entry_for(layer).neuron_axis(layer)
         ids = {id(w.variable) for w in weights}
         # A Dense/Conv layer whose every trainable variable is a neuron weight
         # can be made non-trainable for an epoch (no weight gradients).
@@ -51,16 +52,6 @@ class NeuronRecord:
         self.frozen = np.zeros(self.size, dtype=bool)
         self.applied = np.zeros(self.size, dtype=bool)
         self.flops = backprop_flops(self.layer, self.weights, self.positions)
-
-
-def channel_axis(layer):
-    """The axis of `layer`'s output that holds its neurons."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        axis = layer.axis
-        return axis[0] if isinstance(axis, (list, tuple)) else int(axis)
-    if getattr(layer, "data_format", None) == "channels_first":
-        return 1
-    return -1
 
 
 def backprop_flops(layer, weights, positions):

@@ -13,6 +13,7 @@ authors do, so the probe sees samples the step never fits.
 import keras
 import numpy as np
 
+from keras_serene.core.data import check_xy
 from keras_serene.core.data import is_dataset
 
 CALLER = "EquilibriumFreezing"
@@ -50,6 +51,7 @@ def _inputs_of(data):
                 f"(x, y, sample_weight). Received a tuple of length "
                 f"{len(data)}"
             )
+        check_xy(CALLER, "validation_data", tuple(data[:2]))
         data = data[0]
     return keras.tree.map_structure(np.asarray, data)
 

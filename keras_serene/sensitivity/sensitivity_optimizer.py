@@ -30,19 +30,14 @@ from keras import ops
 
 from keras_serene import sensitivity as sensitivity_lib
 from keras_serene.core import distribute as _distribute
+from keras_serene.core import layer_table
 from keras_serene.core.masking_optimizer import MaskingOptimizer
 
 #: Weight names regularized by default: Dense/Conv kernels and biases and
 #: BatchNormalization scale and shift, as the authors' code regularizes
-#: Linear, Conv2d and BatchNorm parameters.
-REGULARIZED_WEIGHTS = (
-    "kernel",
-    "bias",
-    "depthwise_kernel",
-    "pointwise_kernel",
-    "gamma",
-    "beta",
-)
+#: Linear, Conv2d and BatchNorm parameters. The optimizer sees variables,
+#: not layers, so it takes the layer table's name set.
+REGULARIZED_WEIGHTS = layer_table.DEFAULT_REGULARIZED
 
 
 def is_regularized(variable, exclude=()):
@@ -135,7 +130,9 @@ class SensitivityOptimizer(MaskingOptimizer):
         super().__init__(
             inner_optimizer, mask_gradients=mask_gradients, name=name, **kwargs
         )
-        self.sensitivity = sensitivity_lib.get(sensitivity)
+        self.sensitivity = sensitivity_lib.get(
+            sensitivity, caller="SensitivityOptimizer"
+        )
         #: The estimator's optimizer state: what `sensitivity.build`
         #: returned (a dict of variables), handed back at every step.
         self.sensitivity_state = {}

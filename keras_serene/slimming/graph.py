@@ -273,7 +273,9 @@ def read_graph(model):
     """
     if not isinstance(model, keras.Model):
         raise TypeError(
-            f"slim: expected a keras.Model. Received {type(model).__name__}."
+            "slim / slimming_plan: `model` must be a keras.Model (functional "
+            f"or Sequential). Received: model={model!r:.80} of type "
+            f"{type(model).__name__}"
         )
     graph = LayerGraph(model)
     graph.root = _read_model(graph, model, "", None)

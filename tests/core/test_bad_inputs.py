@@ -369,6 +369,54 @@ CASES = [
         TypeError,
         ("strip_masks", "`model`", "keras.Model"),
     ),
+    (
+        "optimizer-decay-nan",
+        lambda: ks.SensitivityOptimizer(_sgd(), decay=NAN),
+        ValueError,
+        ("SensitivityOptimizer", "`decay`", "decay=nan"),
+    ),
+    (
+        "optimizer-decay-inf",
+        lambda: ks.SensitivityOptimizer(_sgd(), decay=INF),
+        ValueError,
+        ("SensitivityOptimizer", "`decay`", "decay=inf"),
+    ),
+    (
+        "optimizer-nested",
+        lambda: ks.SensitivityOptimizer(ks.SensitivityOptimizer(_sgd())),
+        ValueError,
+        ("SensitivityOptimizer", "`inner_optimizer`", "masks"),
+    ),
+    (
+        "optimizer-sensitivity-name",
+        lambda: ks.SensitivityOptimizer(_sgd(), sensitivity="lobster"),
+        ValueError,
+        ("SensitivityOptimizer", "`sensitivity`", "sensitivity='lobster'"),
+    ),
+    (
+        "masking-optimizer-inner",
+        lambda: ks.MaskingOptimizer("sgd"),
+        TypeError,
+        ("MaskingOptimizer", "`inner_optimizer`", "inner_optimizer='sgd'"),
+    ),
+    (
+        "freezing-lengths",
+        lambda: ks.callbacks.EquilibriumFreezing((X, Y[:9])),
+        ValueError,
+        ("EquilibriumFreezing", "`validation_data`", "(x: 12, y: 9)"),
+    ),
+    (
+        "zoo-name",
+        lambda: ks.zoo.get("lenet7"),
+        ValueError,
+        ("zoo.get", "`name`", "name='lenet7'"),
+    ),
+    (
+        "slim-model",
+        lambda: ks.slim("model.keras"),
+        TypeError,
+        ("slim", "`model`", "model='model.keras'"),
+    ),
 ]
 
 
@@ -403,5 +451,8 @@ def test_the_table_covers_the_public_api():
         "SensitivityModel",
         "ImportanceOptimizer",
         "strip_masks",
+        "MaskingOptimizer",
+        "zoo.get",
+        "slim",
     ):
         assert name in covered, name
