@@ -1,4 +1,4 @@
-"""keras_serene.callbacks: public callbacks (re-exports of the method packages)."""
+"""keras_serene.callbacks: public callbacks (re-exports only)."""
 
 from keras_serene.neq.equilibrium_freezing import EquilibriumFreezing
 from keras_serene.psp.psp_entropy_logger import PSPEntropyLogger

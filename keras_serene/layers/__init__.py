@@ -1,4 +1,4 @@
-"""keras_serene.layers: public layers (re-exports of the method packages)."""
+"""keras_serene.layers: public layers (re-exports only)."""
 
 from keras_serene.rni.bounded_batch_normalization import (
     BoundedBatchNormalization,

@@ -1,2 +1,2 @@
-"""keras_serene.metrics: public metrics (re-exports of the method packages)."""
+"""keras_serene.metrics: public metrics (re-exports only)."""
 from keras_serene.psp.psp_entropy import psp_entropy

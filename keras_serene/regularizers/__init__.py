@@ -1,3 +1,3 @@
-"""keras_serene.regularizers: public regularizers (re-exports of the method packages)."""
+"""keras_serene.regularizers: public regularizers (re-exports only)."""
 
 from keras_serene.rni.receding_importance import RecedingImportance
