@@ -1,4 +1,4 @@
-"""keras_serene.rni: Receding Neuron Importances (Suteu & Guo, 2022).
+"""keras_serene.rni: Receding Neuron Importances (arXiv 2204.06404).
 
 The bounded BatchNorm (`ks.layers.BoundedBatchNormalization`), the
 regulariser (`ks.regularizers.RecedingImportance`), the optimizer that gives
