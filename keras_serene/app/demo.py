@@ -194,8 +194,8 @@ def run(args):
     epochs = args.epochs or epochs
     patience = args.patience or patience
     budgeted = args.schedule == "budgeted"
-    decay = args.decay if args.decay is not None else (
-        1e-4 if budgeted else 1e-3
+    decay = (
+        args.decay if args.decay is not None else (1e-4 if budgeted else 1e-3)
     )
     os.makedirs(args.out, exist_ok=True)
     say = print if args.verbose else (lambda *a, **k: None)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import keras_serene as ks
-from keras_serene.core import masking as masks
 from keras_serene.app.datasets import load_digits
+from keras_serene.core import masking as masks
 
 
 @pytest.fixture(scope="module")
