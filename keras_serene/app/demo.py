@@ -34,6 +34,7 @@ import keras
 import numpy as np
 
 from keras_serene.app import datasets
+from keras_serene.app import report as report_lib
 from keras_serene.app import zoo
 
 #: Per-dataset budget: batch size, then (epochs, plateau patience) of a full
@@ -151,8 +152,7 @@ def _measure(name, model, x_test, y_test, out_dir, sparse=False):
     report = ks.summary(model, print_fn=False)
     path = os.path.join(out_dir, f"{name}.tflite")
     blob = ks.to_tflite(model, path, sparse=sparse)
-    latency = ks.export.tflite_latency(blob, num_threads=1)
-    return {
+    return blob, {
         "name": name,
         "params": report["total"]["params"],
         "nonzero": report["total"]["nonzero"],
@@ -161,7 +161,6 @@ def _measure(name, model, x_test, y_test, out_dir, sparse=False):
         "architecture": report["architecture"].split(" -> ")[-1],
         "accuracy": _accuracy(model, x_test, y_test),
         "tflite_bytes": len(blob),
-        "latency_ms": latency * 1e3,
     }
 
 
@@ -169,14 +168,14 @@ def format_table(runs):
     """The before/after table the demo prints."""
     header = (
         f"{'model':<10}{'params':>10}{'nonzero':>10}{'accuracy':>10}"
-        f"{'tflite bytes':>14}{'latency ms':>12}  architecture"
+        f"{'tflite bytes':>14}{'latency/dense':>15}  architecture"
     )
     lines = [header, "-" * len(header)]
     for r in runs:
         lines.append(
             f"{r['name']:<10}{r['params']:>10,}{r['nonzero']:>10,}"
             f"{r['accuracy']:>10.4f}{r['tflite_bytes']:>14,}"
-            f"{r['latency_ms']:>12.4f}  {r['architecture']}"
+            f"{r['latency_ratio']:>15.2f}  {r['architecture']}"
         )
     return "\n".join(lines)
 
@@ -233,7 +232,7 @@ def run(args):
     )
     dense.set_weights(initial_weights)
     _compile(dense, _sgd())
-    dense.fit(x_train, y_train, **fit_kwargs)
+    dense_history = dense.fit(x_train, y_train, **fit_kwargs)
     dense_seconds = time.perf_counter() - start
 
     say(f"\n[2/3] sensitivity training + pruning ({args.sensitivity})")
@@ -269,16 +268,29 @@ def run(args):
     slim_seconds = time.perf_counter() - start
     pruned.save(os.path.join(args.out, "pruned.keras"))
     slim.save(os.path.join(args.out, "slim.keras"))
-    runs = [
+    measured = [
         _measure("dense", dense, x_test, y_test, args.out),
         # Unstructured zeros only shrink the file with the sparse format.
         _measure("pruned", pruned, x_test, y_test, args.out, sparse=True),
         _measure("slim", slim, x_test, y_test, args.out),
     ]
+    # Single timings on a shared machine do not reproduce: ratios of
+    # interleaved repeats do (median and min-max in report["latency"]).
+    latency = ks.export.latency_ratios(
+        {run["name"]: blob for blob, run in measured},
+        repeats=3 if args.quick else 7,
+        runs=50 if args.quick else 200,
+    )
+    runs = [run for _, run in measured]
+    for run_ in runs:
+        run_["latency_ratio"] = latency[run_["name"]]["ratio"]
+        run_["latency_ms"] = latency[run_["name"]]["latency_ms"]
     print()
     ks.summary(pruned)
     print()
     print(format_table(runs))
+    print()
+    print(report_lib.format_latency_table(latency))
     report = {
         "name": f"{args.model}-{args.dataset}-{args.sensitivity}",
         "config": {k: v for k, v in vars(args).items() if k != "command"},
@@ -287,8 +299,13 @@ def run(args):
             k: [float(v) for v in values]
             for k, values in history.history.items()
         },
+        "baseline_history": {
+            k: [float(v) for v in values]
+            for k, values in dense_history.history.items()
+        },
         "pruning_steps": pruning.history,
         "runs": runs,
+        "latency": latency,
         "seconds": {
             "dense_training": dense_seconds,
             "sensitivity_training": pruned_seconds,
@@ -300,8 +317,6 @@ def run(args):
         json.dump(report, f, indent=2, default=_json_default)
     print(f"\nwrote {args.out}/: pruned.keras slim.keras *.tflite report.json")
     try:
-        from keras_serene.app import report as report_lib
-
         pngs = report_lib.write_report(path)
         print("plots: " + ", ".join(pngs))
     except ImportError:

@@ -52,6 +52,15 @@ def test_demo_prunes_slims_and_exports(quick_demo):
         assert json.load(f)["runs"] == json.loads(json.dumps(report["runs"]))
     table = demo.format_table(report["runs"])
     assert "slim" in table and "tflite bytes" in table
+    # Latency as ratios to dense over interleaved repeats, with their spread.
+    assert report["latency"]["dense"]["ratio"] == pytest.approx(1.0)
+    for name in ("pruned", "slim"):
+        entry = report["latency"][name]
+        assert entry["ratio_min"] <= entry["ratio"] <= entry["ratio_max"]
+        assert runs[name]["latency_ratio"] == entry["ratio"]
+    # The dense run's curves go beside the pruned run's in the figure.
+    assert set(report["baseline_history"]) >= {"loss", "accuracy"}
+    assert len(report["baseline_history"]["loss"]) == report["epochs"]
 
 
 def test_cli_lists_subcommands(capsys):
