@@ -197,8 +197,18 @@ def figures(agg, out):
                 else "ours " + "".join(c for c in row if not c.isdigit())
             )  # fmt: skip
             families.setdefault(family, []).append(s)
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for family, points in families.items():
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+        colors = plt.get_cmap("tab20").colors
+        for index, (family, points) in enumerate(families.items()):
+            # One colour per family; the marker says which kind of run.
+            style = dict(
+                color=colors[index % len(colors)],
+                marker="*" if family == "dense"
+                else "^" if family == "tfmot"
+                else "s" if family.startswith("structured")
+                else "o",
+                markersize=9 if family in ("dense", "tfmot") else 6,
+            )  # fmt: skip
             points = sorted(points, key=lambda p: p["nonzero"])
             for ax, key in zip(axes, ("nonzero", "slim_params")):
                 xs = [p[key] * (100 if key == "nonzero" else 1) for p in points]
@@ -207,8 +217,8 @@ def figures(agg, out):
                     [p["accuracy"] - p["low"] for p in points],
                     [p["high"] - p["accuracy"] for p in points],
                 ]
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3,
-                            label=family)  # fmt: skip
+                ax.errorbar(xs, ys, yerr=err, capsize=3, label=family,
+                            **style)  # fmt: skip
         axes[0].set_xscale("log")
         axes[0].set_xlabel("nonzero parameters (%)")
         axes[1].set_xscale("log")
@@ -216,7 +226,9 @@ def figures(agg, out):
         for ax in axes:
             ax.set_ylabel("test accuracy")
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=8)
+        axes[1].legend(
+            fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0)
+        )
         fig.suptitle(f"{model}: budgeted pruning, mean and min-max over seeds")
         fig.tight_layout()
         name = f"results_budgeted_{model}.png"
