@@ -99,8 +99,8 @@ class BudgetPruningMixin:
         )
         if self.verbose:
             unit = "channels" if self._channels is not None else "entries"
-            print(
-                f"\nStep {step}: SensitivityPruning scheduled sparsity "
+            self._say(
+                f"Step {step}: SensitivityPruning scheduled sparsity "
                 f"{fraction:.2%}, {count} {unit} pruned."
             )
 

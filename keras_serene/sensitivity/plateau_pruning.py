@@ -79,8 +79,8 @@ class PlateauPruningMixin:
             self.model.set_weights(self._best_weights)
             self._rezero_pruned()
         if self.verbose:
-            print(
-                f"\nEpoch {epoch + 1}: SensitivityPruning: {self.monitor} is "
+            self._say(
+                f"Epoch {epoch + 1}: SensitivityPruning: {self.monitor} is "
                 f"{value}; "
                 + (
                     "restored the last good weights, no pruning."
@@ -168,8 +168,8 @@ class PlateauPruningMixin:
             }
         )
         if self.verbose:
-            print(
-                f"\nEpoch {epoch + 1}: SensitivityPruning threshold "
+            self._say(
+                f"Epoch {epoch + 1}: SensitivityPruning threshold "
                 f"{search.threshold:.4g} ({len(search.trials)} trials): "
                 f"{self.monitor} {initial_loss:.4f} -> {search.loss:.4f} "
                 f"(bound {search.bound:.4f}), sparsity {sparsity:.2%}."

@@ -23,7 +23,8 @@ channels) until the scheduled fraction is reached. The criteria:
   the pruning steps. Structured: the channel's rescaled `S_n`; unstructured:
   `|w| * S_n` of the neuron the weight feeds (ours). `S_n` is read from the
   bias gradient of `mean_b sum_k y_k / K` (the batch-summed pre-activation
-  gradient, papers.md 3); a layer without bias gets `S_n = 1`.
+  gradient, SeReNe arXiv 2102.03773 Sec. III); a layer without bias gets
+  `S_n = 1`.
 
 The data-driven criteria (`"taylor"`, `"serene"`) need TensorFlow and the
 callback's `validation_data`.

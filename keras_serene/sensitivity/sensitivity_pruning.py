@@ -276,6 +276,12 @@ class SensitivityPruning(
         if total:
             logs["alive_neurons"] = alive / total
 
+    def _say(self, message):
+        """Prints one verbose line, on a line of its own only when fit's
+        progress bar is there to break (no blank line under verbose=0)."""
+        bar = (self.params or {}).get("verbose", 0)
+        print(("\n" if bar else "") + message)
+
     def get_config(self):
         return {
             "target_sparsity": self.target_sparsity,

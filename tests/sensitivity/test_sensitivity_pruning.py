@@ -217,3 +217,21 @@ def test_config_round_trip():
     )
     assert isinstance(again, ks.callbacks.SensitivityPruning)
     assert again.get_config() == config
+
+
+@pytest.mark.parametrize("fit_verbose", [0, 2])
+def test_verbose_lines_break_a_progress_bar_only(digits, capsys, fit_verbose):
+    x, y, _, _ = digits
+    model = _model()
+    pruner = ks.callbacks.SensitivityPruning(target_sparsity=0.5, verbose=1)
+    model.fit(
+        x[:200], y[:200], validation_split=0.2, epochs=2, batch_size=40,
+        verbose=fit_verbose, callbacks=[pruner],
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "SensitivityPruning" in line]
+    assert lines, out
+    if fit_verbose == 0:  # no progress bar: no blank line before a message
+        assert out.startswith("Step") and "\n\n" not in out, out
+    else:
+        assert "\nStep" in out
