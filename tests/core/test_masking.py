@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 from harness import assert_config_round_trip
+from harness import assert_saving_round_trip
 
 import keras_serene as ks
 from keras_serene.core import masking as masks_lib
@@ -89,9 +90,7 @@ def test_config_round_trip_and_masks_through_keras_file(tmp_path):
     where = np.array([[True, False], [False, True], [False, False]])
     masks_lib.set_flag(optimizer, kernel, masks_lib.FROZEN, where)
     masks_lib.add_flag(optimizer, kernel, masks_lib.PRUNED, ~where, zero=True)
-    path = str(tmp_path / "masked.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = assert_saving_round_trip(model, x, tmp_path, "masked.keras")
     assert isinstance(loaded.optimizer, MaskingOptimizer)
     loaded_kernel = loaded.get_layer("fc").kernel
     np.testing.assert_array_equal(

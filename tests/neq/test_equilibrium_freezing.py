@@ -7,6 +7,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from harness import assert_config_round_trip
 from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
@@ -552,8 +553,7 @@ def test_config_round_trip():
     }
     cls = keras.saving.get_registered_object("keras_serene>EquilibriumFreezing")
     assert cls is ks.callbacks.EquilibriumFreezing
-    restored = cls.from_config({**config, "validation_data": x})
-    assert restored.get_config() == config
+    restored = assert_config_round_trip(neq, cls, validation_data=x)
     np.testing.assert_array_equal(restored.inputs, neq.inputs)
     with pytest.raises(ValueError, match="validation_data"):
         cls.from_config(config)

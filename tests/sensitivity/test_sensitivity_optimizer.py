@@ -1,10 +1,11 @@
 """SensitivityOptimizer: hand-computed updates, masks, Keras integration."""
 
-import os
 
 import keras
 import numpy as np
 import pytest
+from harness import assert_config_round_trip
+from harness import assert_saving_round_trip
 from two_cpus import run_on_two_cpus
 
 import keras_serene as ks
@@ -127,8 +128,7 @@ def test_config_round_trip():
         name="sens",
     )
     config = opt.get_config()
-    restored = ks.SensitivityOptimizer.from_config(config)
-    assert restored.get_config() == config
+    restored = assert_config_round_trip(opt)
     assert isinstance(restored.inner_optimizer, keras.optimizers.Adam)
     assert restored.sensitivity.rescaled is True
     again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
@@ -293,9 +293,7 @@ def test_save_load_keeps_masks_and_state(tmp_path):
     where = np.zeros(kernel.shape, bool)
     where[:, 0] = True
     masks.set_flag(opt, kernel, masks.PRUNED, where, zero=True)
-    path = os.path.join(tmp_path, "m.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = assert_saving_round_trip(model, x, tmp_path, "m.keras")
     loaded_opt = masks.mask_optimizer(loaded)
     assert isinstance(loaded_opt.inner_optimizer, keras.optimizers.SGD)
     np.testing.assert_array_equal(

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from harness import assert_config_round_trip
 
 import keras_serene as ks
 from keras_serene.app.datasets import load_digits
@@ -209,14 +210,7 @@ def test_config_round_trip():
     pruner = ks.callbacks.SensitivityPruning(
         patience=7, tolerance=0.1, structured=True, verbose=0
     )
-    config = pruner.get_config()
-    restored = ks.callbacks.SensitivityPruning.from_config(config)
-    assert restored.get_config() == config
-    again = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(pruner)
-    )
-    assert isinstance(again, ks.callbacks.SensitivityPruning)
-    assert again.get_config() == config
+    assert_config_round_trip(pruner)
 
 
 @pytest.mark.parametrize("fit_verbose", [0, 2])
