@@ -9,34 +9,27 @@ epoch's probe outputs, `phi` and the velocity (Bragagnolo et al., NeurIPS
 epoch end to `equilibrium_freezing.npz` in that directory (pass the
 `BackupAndRestore` directory) and, when `fit` resumes at the epoch after the
 one saved, reads them back; the file goes when `fit` completes, as the
-backup does.
+backup does (`keras_serene.core.callback_backup`).
 """
-
-import json
-import os
 
 import keras
 import numpy as np
 
-FILENAME = "equilibrium_freezing.npz"
+from keras_serene.core import callback_backup
+
+NAME = "equilibrium_freezing"
 _FIELDS = ("phi", "state", "velocity", "frozen", "applied")
 
 
 def save_state(directory, epoch, records, history):
     """Writes the records' state after `epoch` (0-based) has ended."""
-    os.makedirs(directory, exist_ok=True)
-    arrays = {
-        "meta": np.array(json.dumps({"epoch": epoch, "history": history}))
-    }
+    arrays = {}
     for i, record in enumerate(records):
         for field in _FIELDS:
             arrays[f"{i}_{field}"] = getattr(record, field)
         for j, maps in enumerate(record.previous or ()):
             arrays[f"{i}_previous_{j}"] = keras.ops.convert_to_numpy(maps)
-    path = os.path.join(directory, FILENAME)
-    temporary = path + ".tmp.npz"
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)  # never a half-written file
+    callback_backup.save(directory, NAME, epoch, {"history": history}, arrays)
 
 
 def load_state(directory, epoch, records):
@@ -45,33 +38,26 @@ def load_state(directory, epoch, records):
     Returns None (and changes nothing) when there is no file, or it was
     saved after another epoch or for other layers.
     """
-    path = os.path.join(directory, FILENAME)
-    if not os.path.exists(path):
+    saved = callback_backup.load(directory, NAME, epoch)
+    if saved is None:
         return None
-    with np.load(path) as data:
-        meta = json.loads(str(data["meta"]))
-        if meta["epoch"] != epoch - 1:
+    meta, data = saved
+    for i, record in enumerate(records):
+        if f"{i}_phi" not in data or data[f"{i}_phi"].shape != (record.size,):
             return None
-        for i, record in enumerate(records):
-            if f"{i}_phi" not in data or data[f"{i}_phi"].shape != (
-                record.size,
-            ):
-                return None
-        for i, record in enumerate(records):
-            for field in _FIELDS:
-                setattr(record, field, np.array(data[f"{i}_{field}"]))
-            batches = sorted(
-                (k for k in data if k.startswith(f"{i}_previous_")),
-                key=lambda k: int(k.rsplit("_", 1)[1]),
-            )
-            record.previous = [
-                keras.ops.convert_to_tensor(data[k]) for k in batches
-            ]
+    for i, record in enumerate(records):
+        for field in _FIELDS:
+            setattr(record, field, np.array(data[f"{i}_{field}"]))
+        batches = sorted(
+            (k for k in data if k.startswith(f"{i}_previous_")),
+            key=lambda k: int(k.rsplit("_", 1)[1]),
+        )
+        record.previous = [
+            keras.ops.convert_to_tensor(data[k]) for k in batches
+        ]
     return meta["history"]
 
 
 def remove_state(directory):
     """Deletes the state file (fit completed)."""
-    path = os.path.join(directory, FILENAME)
-    if os.path.exists(path):
-        os.remove(path)
+    callback_backup.remove(directory, NAME)

@@ -21,11 +21,14 @@ import numbers
 import keras
 import numpy as np
 
+from keras_serene.core import callback_backup
 from keras_serene.core import masking as masks_lib
 from keras_serene.core import neurons as neurons_lib
 from keras_serene.sensitivity import pruning_criteria as criteria
 from keras_serene.sensitivity.budget_steps import BudgetPruningMixin
 from keras_serene.sensitivity.plateau_pruning import PlateauPruningMixin
+
+_BACKUP_NAME = "sensitivity_pruning"
 
 
 def _number(name, value, low, allow_none=False, integer=False):
@@ -123,6 +126,14 @@ class SensitivityPruning(
         validation_data: Optional `(x, y)` tuple or dataset: the plateau
             search's trial data and the data criteria's batches. Defaults to
             `None`: fit's validation data (plateau schedule).
+        backup_dir: None or string. The `keras.callbacks.BackupAndRestore`
+            directory: the callback's own state (the plateau counter, best
+            weights, threshold, history) is written there after every epoch
+            and read back when `fit` resumes, so a fit killed between epochs
+            ends as the uninterrupted one (`keras_serene.core.
+            callback_backup`). The budgeted ramp needs none: it follows the
+            optimizer's step counter, which the backup keeps. Defaults to
+            `None`.
         verbose: Int. 1 prints one line per pruning step. Defaults to `1`.
 
     References:
@@ -145,6 +156,7 @@ class SensitivityPruning(
         tolerance=0.05,
         plateau_tolerance=0.01,
         validation_data=None,
+        backup_dir=None,
         verbose=1,
     ):
         super().__init__()
@@ -180,6 +192,12 @@ class SensitivityPruning(
                 "SensitivityPruning: `structured` must be None, True or "
                 f"False. Received structured={structured!r}"
             )
+        if backup_dir is not None and not isinstance(backup_dir, str):
+            raise TypeError(
+                "SensitivityPruning: `backup_dir` must be None or a path "
+                f"string. Received backup_dir={backup_dir!r}"
+            )
+        self.backup_dir = backup_dir
         self.criterion = criteria.check_criterion(criterion)
         if target_sparsity is None and criterion != "magnitude":
             raise ValueError(
@@ -215,6 +233,7 @@ class SensitivityPruning(
             self._structured = bool(
                 getattr(self.optimizer.sensitivity, "per_neuron", False)
             )
+        self._resume = self.backup_dir is not None
         self.ramp = None
         if self.target_sparsity is None:
             self.plateau_begin()
@@ -222,6 +241,9 @@ class SensitivityPruning(
         self._begin_budget()
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._resume:
+            self._resume = False
+            self._restore_state(epoch)
         if self.ramp is None:
             return
         base = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -251,6 +273,39 @@ class SensitivityPruning(
                 removed = sum(int(r.sum()) for r in self._channels.removed())
                 logs["removed_neurons"] = removed / self._channels.total
         self._write_logs(logs)
+        if self.backup_dir is not None:
+            self._save_state(epoch)
+
+    def on_train_end(self, logs=None):
+        if self.backup_dir is not None:
+            callback_backup.remove(self.backup_dir, _BACKUP_NAME)
+
+    # -- resume ------------------------------------------------------------
+    def _save_state(self, epoch):
+        best = getattr(self, "_best_weights", None)
+        meta = {
+            "threshold": self.threshold,
+            "history": self.history,
+            "plateau": [self.plateau.best, self.plateau.bad_epochs],
+            "best_weights": None if best is None else len(best),
+        }
+        arrays = {f"best_{i}": w for i, w in enumerate(best or ())}
+        callback_backup.save(self.backup_dir, _BACKUP_NAME, epoch, meta, arrays)
+
+    def _restore_state(self, epoch):
+        saved = callback_backup.load(self.backup_dir, _BACKUP_NAME, epoch)
+        if saved is None:
+            return
+        meta, arrays = saved
+        self.threshold = meta["threshold"]
+        self.history = meta["history"]
+        self.plateau.best, self.plateau.bad_epochs = meta["plateau"]
+        count = meta["best_weights"]
+        self._best_weights = (
+            None
+            if count is None
+            else [arrays[f"best_{i}"] for i in range(count)]
+        )
 
     # -- shared ------------------------------------------------------------
     def _variables(self):
@@ -294,6 +349,7 @@ class SensitivityPruning(
             "patience": self.patience,
             "tolerance": self.tolerance,
             "plateau_tolerance": self.plateau_tolerance,
+            "backup_dir": self.backup_dir,
             "verbose": self.verbose,
         }
 

@@ -1,5 +1,7 @@
 """SensitivityPruning inside fit: thresholds, masks, logs, errors."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -229,3 +231,42 @@ def test_verbose_lines_break_a_progress_bar_only(digits, capsys, fit_verbose):
         assert out.startswith("Step") and "\n\n" not in out, out
     else:
         assert "\nStep" in out
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("interrupted")
+
+
+def test_plateau_schedule_resumes_bit_identical(digits, tmp_path):
+    x, y, _, _ = digits
+    backup_dir = str(tmp_path / "backup")
+
+    def run(extra, backup=None):
+        keras.utils.set_random_seed(0)
+        model = _model()
+        # Demand a 30% improvement per epoch: plateaus come every few epochs.
+        pruner = _pruner(backup_dir=backup, plateau_tolerance=-0.3)
+        history = model.fit(
+            x, y, validation_split=0.25, epochs=6, batch_size=16,
+            shuffle=False, verbose=0, callbacks=[pruner, *extra],
+        )  # fmt: skip
+        return model, pruner, history.history
+
+    model, pruner, logs = run([])
+    assert pruner.history, "the uninterrupted run never pruned"
+    expected = [w.copy() for w in model.get_weights()]
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([keras.callbacks.BackupAndRestore(backup_dir), _Interrupt()],
+            backup_dir)  # fmt: skip
+    resumed, resumed_pruner, resumed_logs = run(
+        [keras.callbacks.BackupAndRestore(backup_dir)], backup_dir
+    )
+    assert len(resumed_logs["sparsity"]) == 3  # epochs 4 to 6
+    assert resumed_pruner.history == pruner.history
+    assert resumed_logs["sparsity"] == logs["sparsity"][3:]
+    for got, want in zip(resumed.get_weights(), expected):
+        np.testing.assert_array_equal(got, want)
+    # Our state goes with the backup when fit completes.
+    assert not os.path.exists(f"{backup_dir}/sensitivity_pruning.npz")
