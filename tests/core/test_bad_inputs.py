@@ -406,6 +406,12 @@ CASES = [
         ("EquilibriumFreezing", "`validation_data`", "(x: 12, y: 9)"),
     ),
     (
+        "pruning-backup-dir",
+        lambda: ks.callbacks.SensitivityPruning(backup_dir=3),
+        TypeError,
+        ("SensitivityPruning", "`backup_dir`", "backup_dir=3"),
+    ),
+    (
         "zoo-name",
         lambda: ks.zoo.get("lenet7"),
         ValueError,
