@@ -88,3 +88,14 @@ def classification_data(n=32, shape=(8,), classes=3, seed=0):
     x = rng.normal(size=(n, *shape)).astype("float32")
     y = rng.integers(0, classes, size=(n,))
     return x, y
+
+
+def hand_net(weights):
+    """The 2-2-2 ReLU network of the hand-worked sensitivity tests (layers
+    `d1`, `d2`, logits), with `weights = [W1, B1, W2, B2]`."""
+    inputs = keras.Input((2,))
+    h = keras.layers.Dense(2, activation="relu", name="d1")(inputs)
+    outputs = keras.layers.Dense(2, name="d2")(h)
+    model = keras.Model(inputs, outputs)
+    model.set_weights(weights)
+    return model

@@ -1,6 +1,7 @@
 """NeuronSensitivity (SeReNe) and the pre-activation probe: hand-computed
 S per neuron, per-channel means, structured pruning through fit, errors."""
 
+import harness
 import keras
 import numpy as np
 import pytest
@@ -36,12 +37,7 @@ EXPECTED = {
 
 
 def hand_net():
-    inputs = keras.Input((2,))
-    h = keras.layers.Dense(2, activation="relu", name="d1")(inputs)
-    outputs = keras.layers.Dense(2, name="d2")(h)
-    model = keras.Model(inputs, outputs)
-    model.set_weights([W1, B1, W2, B2])
-    return model
+    return harness.hand_net([W1, B1, W2, B2])
 
 
 def _loss(labels, y):

@@ -1,5 +1,6 @@
 """OutputSensitivity: hand-computed S, Jacobian checks, fit, errors."""
 
+import harness
 import keras
 import numpy as np
 import pytest
@@ -48,12 +49,7 @@ SPECIFIC_EXACT = [
 
 
 def hand_net():
-    inputs = keras.Input((2,))
-    h = keras.layers.Dense(2, activation="relu", name="d1")(inputs)
-    outputs = keras.layers.Dense(2, name="d2")(h)
-    model = keras.Model(inputs, outputs)
-    model.set_weights([W1, B1, W2, B2])
-    return model
+    return harness.hand_net([W1, B1, W2, B2])
 
 
 def sensitivities(estimator, model, x, labels=None):
