@@ -99,3 +99,53 @@ def hand_net(weights):
     model = keras.Model(inputs, outputs)
     model.set_weights(weights)
     return model
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Kills a fit (raises) at the end of `epoch`, or after its `batch`.
+
+    Listed after `keras.callbacks.BackupAndRestore`, so the backup has
+    saved first: `batch=None` kills between epochs, an integer mid-epoch.
+    """
+
+    def __init__(self, epoch, batch=None):
+        super().__init__()
+        self.epoch, self.batch, self._current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._current == self.epoch and batch == self.batch:
+            raise RuntimeError("interrupted")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch and self.batch is None:
+            raise RuntimeError("interrupted")
+
+
+#: Kill points of the resume tests: between epochs, and mid-epoch with the
+#: backup saving every 2 batches (so its last save is part-way through).
+KILL_POINTS = {"epoch_end": (None, "epoch"), "mid_epoch": (2, 2)}
+
+
+def backup_for(directory, kill):
+    """`(BackupAndRestore, Interrupt factory)` of a `KILL_POINTS` name."""
+    batch, save_freq = KILL_POINTS[kill]
+    backup = keras.callbacks.BackupAndRestore(directory, save_freq=save_freq)
+    return backup, lambda epoch: Interrupt(epoch, batch)
+
+
+def assert_killed_mid_epoch(directory):
+    """Keras's backup was written part-way through an epoch."""
+    import json
+
+    with open(os.path.join(directory, "training_metadata.json")) as f:
+        assert json.load(f)["batch"] > 0
+
+
+def state_files(directory, name):
+    """Our callback-state files (`keras_serene.core.callback_backup`)."""
+    if not os.path.isdir(directory):
+        return []
+    return [f for f in os.listdir(directory) if f.startswith(name + "-")]

@@ -25,6 +25,7 @@ weight gradients are not computed at all.
 import keras
 import numpy as np
 
+from keras_serene.core import callback_backup
 from keras_serene.core import checks
 from keras_serene.core import masking as masks_lib
 from keras_serene.core import neurons as neurons_lib
@@ -107,9 +108,11 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             `seed`. Defaults to `None` (all).
         seed: Int. Seed of the subset draw. Defaults to `0`.
         backup_dir: None or string. Directory where the state is written at
-            each epoch end, to resume exactly with
-            `keras.callbacks.BackupAndRestore` (give it the same
-            directory). Defaults to `None`.
+            each epoch end (and the variables as each epoch begins), to
+            resume exactly with `keras.callbacks.BackupAndRestore` (give it
+            the same directory), between epochs or mid-epoch with
+            `save_freq=N` (the epoch is replayed from its start; keep the
+            batch order fixed). Defaults to `None`.
         verbose: Int. 1 prints one line per epoch. Defaults to `0`.
 
     References:
@@ -187,6 +190,13 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             if history is not None:
                 self.history = history
                 self._apply_masks(force=True)
+            callback_backup.rewind(
+                self.backup_dir, backup.NAME, epoch, self.model
+            )
+        if self.backup_dir is not None:
+            callback_backup.snapshot(
+                self.backup_dir, backup.NAME, epoch, self.model
+            )
         if self.skip_frozen_layers:
             self._skip.skip(
                 [

@@ -58,6 +58,7 @@ CLAMP_MIN = 1e-4
 CLAMP_MAX = 0.9999
 PER_VALUES = ("neuron", "channel")
 
+
 def _is_producer(layer):
     """A layer whose output is a set of neurons' pre-activations (Dense,
     Conv, ...): one with a kernel in the layer table, chosen by default."""

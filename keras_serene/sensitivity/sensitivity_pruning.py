@@ -128,12 +128,16 @@ class SensitivityPruning(
             `None`: fit's validation data (plateau schedule).
         backup_dir: None or string. The `keras.callbacks.BackupAndRestore`
             directory: the callback's own state (the plateau counter, best
-            weights, threshold, history) is written there after every epoch
-            and read back when `fit` resumes, so a fit killed between epochs
-            ends as the uninterrupted one (`keras_serene.core.
-            callback_backup`). The budgeted ramp needs none: it follows the
-            optimizer's step counter, which the backup keeps. Defaults to
-            `None`.
+            weights, threshold, history, the data criteria's sums) is
+            written there after every epoch, with a snapshot of the
+            variables as each epoch begins, and read back when `fit`
+            resumes, so a fit killed between epochs or mid-epoch
+            (`BackupAndRestore(save_freq=N)`: the epoch is replayed from
+            its start; keep the batch order fixed) ends as the
+            uninterrupted one (`keras_serene.core.callback_backup`). A
+            budgeted fit killed between epochs needs none: the ramp follows
+            the optimizer's step counter, which the backup keeps. Defaults
+            to `None`.
         verbose: Int. 1 prints one line per pruning step. Defaults to `1`.
 
     References:
@@ -244,6 +248,13 @@ class SensitivityPruning(
         if self._resume:
             self._resume = False
             self._restore_state(epoch)
+            callback_backup.rewind(
+                self.backup_dir, _BACKUP_NAME, epoch, self.model
+            )
+        if self.backup_dir is not None:
+            callback_backup.snapshot(
+                self.backup_dir, _BACKUP_NAME, epoch, self.model
+            )
         if self.ramp is None:
             return
         base = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -290,6 +301,11 @@ class SensitivityPruning(
             "best_weights": None if best is None else len(best),
         }
         arrays = {f"best_{i}": w for i, w in enumerate(best or ())}
+        statistics = getattr(self, "_statistics", None)
+        if statistics is not None:  # The data criteria's running sums.
+            for i, variable in enumerate(self._net.trainable_variables):
+                if id(variable) in statistics:
+                    arrays[f"statistic_{i}"] = statistics[id(variable)]
         callback_backup.save(self.backup_dir, _BACKUP_NAME, epoch, meta, arrays)
 
     def _restore_state(self, epoch):
@@ -306,6 +322,14 @@ class SensitivityPruning(
             if count is None
             else [arrays[f"best_{i}"] for i in range(count)]
         )
+        if self.ramp is not None and any(
+            k.startswith("statistic_") for k in arrays
+        ):
+            self._statistics = {
+                id(variable): arrays[f"statistic_{i}"]
+                for i, variable in enumerate(self._net.trainable_variables)
+                if f"statistic_{i}" in arrays
+            }
 
     # -- shared ------------------------------------------------------------
     def _variables(self):

@@ -6,6 +6,7 @@ import warnings
 
 import keras
 import numpy as np
+import harness
 import pytest
 from harness import assert_config_round_trip
 from two_cpus import run_on_two_cpus
@@ -457,13 +458,8 @@ def _backup_model():
     return model
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 2:
-            raise RuntimeError("interrupted")
-
-
-def test_backup_and_restore_resumes_bit_identical(tmp_path):
+@pytest.mark.parametrize("kill", sorted(harness.KILL_POINTS))
+def test_backup_and_restore_resumes_bit_identical(tmp_path, kill):
     x, y = _data()
     kwargs = dict(epochs=5, batch_size=16, verbose=0, shuffle=False)
     reference = _backup_model()
@@ -476,6 +472,7 @@ def test_backup_and_restore_resumes_bit_identical(tmp_path):
 
     directory = str(tmp_path / "backup")
     model = _backup_model()
+    backup, interrupt = harness.backup_for(directory, kill)
     with pytest.raises(RuntimeError, match="interrupted"):
         model.fit(
             x,
@@ -484,28 +481,24 @@ def test_backup_and_restore_resumes_bit_identical(tmp_path):
                 ks.callbacks.EquilibriumFreezing(
                     x, epsilon=0.02, backup_dir=directory
                 ),
-                keras.callbacks.BackupAndRestore(directory),
-                _Interrupt(),
+                backup,
+                interrupt(2),
             ],
             **kwargs,
         )
-    assert os.path.exists(os.path.join(directory, "equilibrium_freezing.npz"))
+    if kill == "mid_epoch":
+        harness.assert_killed_mid_epoch(directory)
+    assert harness.state_files(directory, "equilibrium_freezing")
     resumed = _backup_model()  # a fresh process would start like this
     neq_resumed = ks.callbacks.EquilibriumFreezing(
         x, epsilon=0.02, backup_dir=directory
     )
-    resumed.fit(
-        x,
-        y,
-        callbacks=[keras.callbacks.BackupAndRestore(directory), neq_resumed],
-        **kwargs,
-    )
+    backup, _ = harness.backup_for(directory, kill)
+    resumed.fit(x, y, callbacks=[backup, neq_resumed], **kwargs)
     for a, b in zip(reference.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert json.dumps(neq_resumed.history) == json.dumps(neq.history)
-    assert not os.path.exists(
-        os.path.join(directory, "equilibrium_freezing.npz")
-    )
+    assert not harness.state_files(directory, "equilibrium_freezing")
 
 
 def test_dataset_subset_is_seeded_and_fixed():

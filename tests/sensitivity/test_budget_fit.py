@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+import harness
 import pytest
 from two_cpus import run_on_two_cpus
 
@@ -182,15 +183,17 @@ def test_masks_survive_keras_save_load_mid_ramp(digits, tmp_path):
     assert np.all(loaded_kernel.numpy()[masks.pruned(opt, kernel)] == 0)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise RuntimeError("interrupted")
-
-
-def test_backup_and_restore_resumes_bit_identical(digits, tmp_path):
+@pytest.mark.parametrize("kill", sorted(harness.KILL_POINTS))
+def test_backup_and_restore_resumes_bit_identical(digits, tmp_path, kill):
     x, y, _, _ = digits
-    settings = dict(target_sparsity=0.8, end_epoch=3, verbose=0)
+    directory = str(tmp_path / "backup")
+    # The ramp follows the optimizer's steps (saved by the backup); the
+    # state `backup_dir` adds is the epoch-begin snapshot a mid-epoch kill
+    # rewinds to, and the data criterion's running sums.
+    settings = dict(
+        target_sparsity=0.8, end_epoch=3, criterion="taylor",
+        validation_data=(x[:128], y[:128]), backup_dir=directory, verbose=0,
+    )  # fmt: skip
 
     def run(callbacks):
         return _fit(
@@ -202,14 +205,19 @@ def test_backup_and_restore_resumes_bit_identical(digits, tmp_path):
     run([])
     expected = [w.copy() for w in model.get_weights()]
     model = _mlp()
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    backup, interrupt = harness.backup_for(directory, kill)
     with pytest.raises(RuntimeError, match="interrupted"):
-        run([backup, _Interrupt()])
+        run([backup, interrupt(1)])
+    if kill == "mid_epoch":
+        harness.assert_killed_mid_epoch(directory)
+    assert harness.state_files(directory, "sensitivity_pruning")
     model = _mlp()  # A fresh process would rebuild the model the same way.
-    logs = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
-    assert len(logs["sparsity"]) == 2  # Resumed at epoch 3 of 4.
+    backup, _ = harness.backup_for(directory, kill)
+    logs = run([backup])
+    assert len(logs["sparsity"]) == (2 if kill == "epoch_end" else 3)
     for got, want in zip(model.get_weights(), expected):
         np.testing.assert_array_equal(got, want)
+    assert not harness.state_files(directory, "sensitivity_pruning")
 
 
 def test_mirrored_strategy_reaches_the_target():

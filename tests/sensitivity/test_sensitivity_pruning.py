@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+import harness
 import pytest
 from harness import assert_config_round_trip
 
@@ -233,13 +234,8 @@ def test_verbose_lines_break_a_progress_bar_only(digits, capsys, fit_verbose):
         assert "\nStep" in out
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 2:
-            raise RuntimeError("interrupted")
-
-
-def test_plateau_schedule_resumes_bit_identical(digits, tmp_path):
+@pytest.mark.parametrize("kill", sorted(harness.KILL_POINTS))
+def test_plateau_schedule_resumes_bit_identical(digits, tmp_path, kill):
     x, y, _, _ = digits
     backup_dir = str(tmp_path / "backup")
 
@@ -257,16 +253,18 @@ def test_plateau_schedule_resumes_bit_identical(digits, tmp_path):
     model, pruner, logs = run([])
     assert pruner.history, "the uninterrupted run never pruned"
     expected = [w.copy() for w in model.get_weights()]
+    backup, interrupt = harness.backup_for(backup_dir, kill)
     with pytest.raises(RuntimeError, match="interrupted"):
-        run([keras.callbacks.BackupAndRestore(backup_dir), _Interrupt()],
-            backup_dir)  # fmt: skip
-    resumed, resumed_pruner, resumed_logs = run(
-        [keras.callbacks.BackupAndRestore(backup_dir)], backup_dir
-    )
-    assert len(resumed_logs["sparsity"]) == 3  # epochs 4 to 6
+        run([backup, interrupt(3)], backup_dir)
+    if kill == "mid_epoch":
+        harness.assert_killed_mid_epoch(backup_dir)
+    backup, _ = harness.backup_for(backup_dir, kill)
+    resumed, resumed_pruner, resumed_logs = run([backup], backup_dir)
+    first = 4 if kill == "epoch_end" else 3  # epoch 5 (mid-epoch: 4) on
+    assert len(resumed_logs["sparsity"]) == 6 - first
     assert resumed_pruner.history == pruner.history
-    assert resumed_logs["sparsity"] == logs["sparsity"][3:]
+    assert resumed_logs["sparsity"] == logs["sparsity"][first:]
     for got, want in zip(resumed.get_weights(), expected):
         np.testing.assert_array_equal(got, want)
     # Our state goes with the backup when fit completes.
-    assert not os.path.exists(f"{backup_dir}/sensitivity_pruning.npz")
+    assert not harness.state_files(backup_dir, "sensitivity_pruning")
