@@ -282,7 +282,15 @@ def to_tflite(
             "ai_edge_litert runtime does not have."
         )
     if verify_samples:
-        _verify(model, blob, representative_data, verify_samples, tolerance)
+        _verify(
+            model,
+            blob,
+            representative_data,
+            verify_samples,
+            tolerance,
+            sparse,
+            quantization,
+        )
     if path is not None:
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
@@ -336,11 +344,25 @@ def _check_representative_data(model, data):
     )
 
 
-def _verify(model, blob, representative_data, count, tolerance):
+def _verify(
+    model, blob, representative_data, count, tolerance, sparse, quantization
+):
     inputs = _sample_inputs(model, representative_data, count, seed=0)
     expected = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
     expected = expected if isinstance(expected, (list, tuple)) else [expected]
-    got = run_tflite(blob, inputs)
+    try:
+        got = run_tflite(blob, inputs)
+    except RuntimeError as error:  # LiteRT refuses the flatbuffer.
+        hint = (
+            " LiteRT's XNNPACK kernels refuse sparse int8 layers: pass "
+            "sparse=False or quantization=None."
+            if sparse and quantization == "int8"
+            else ""
+        )
+        raise ValueError(
+            "to_tflite: the converted flatbuffer does not run in LiteRT ("
+            f"{str(error).splitlines()[0][:200]}).{hint}"
+        ) from None
     for i, (e, g) in enumerate(zip(expected, got)):
         e = np.asarray(e, dtype="float32")
         if tuple(e.shape) != tuple(g.shape):

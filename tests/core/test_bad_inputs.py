@@ -44,6 +44,19 @@ def _fit_with(callback):
     model.fit(X, np.zeros((12, 3)), epochs=1, verbose=0, callbacks=[callback])
 
 
+def _sparse_mlp():
+    """64-128-10 with 98% of each kernel zero (a tfmot-98%-like model)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(128), keras.layers.Dense(10)]
+    )
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel * (rng.random(kernel.shape) < 0.02), bias])
+    return model
+
+
 def _blob():
     return ks.to_tflite(_cnn(), verify_samples=0)
 
@@ -198,6 +211,15 @@ CASES = [
         ),
         ValueError,
         ("to_tflite", "`representative_data`", "(batch, 6, 6, 1)", "(12, 36)"),
+    ),
+    (
+        "tflite-sparse-int8",
+        lambda: ks.to_tflite(
+            _sparse_mlp(), sparse=True, quantization="int8",
+            representative_data=np.random.default_rng(0).random((32, 64)),
+        ),  # fmt: skip
+        ValueError,
+        ("to_tflite", "does not run in LiteRT", "sparse=False"),
     ),
     (
         "tflite-int8-none",
