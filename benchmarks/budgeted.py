@@ -40,6 +40,7 @@ DECAY = 1e-4
 CRITERIA = {
     "mag": "magnitude",
     "global": "magnitude_global",
+    "group": "magnitude_group",
     "taylor": "taylor",
     "serene": "serene",
 }
@@ -187,11 +188,15 @@ def measure(model, data, export=True, sparse=False):
 
 def run_grid(plan, data_for, out_path, workdir, meta, epochs=EPOCHS):
     """Runs `plan` (list of (model, row, seed, export)); saves after each."""
-    saved = {"meta": meta, "runs": []}
-    if os.path.exists(out_path):
+    saved = {"meta": {**meta, "commands": [meta["command"]]}, "runs": []}
+    if os.path.exists(out_path):  # Add to it; say which commands ran.
         with open(out_path) as f:
             saved = json.load(f)
-        saved["meta"] = meta
+        old = saved["meta"]
+        commands = old.get("commands") or [old["command"]]
+        if meta["command"] not in commands:
+            commands.append(meta["command"])
+        saved["meta"] = {**old, **meta, "commands": commands}
     done = {(r["model"], r["row"], r["seed"]) for r in saved["runs"]}
     for model_name, row, seed, export in plan:
         if (model_name, row, seed) in done:
@@ -272,6 +277,13 @@ def main(args, load, meta):
     epochs = args.epochs or (2 if args.quick else EPOCHS)
     meta = {**meta, "epochs": epochs}
     with tempfile.TemporaryDirectory() as workdir:
+        if getattr(args, "rows", None):
+            pairs = [pair.split("/") for pair in args.rows.split(",")]
+            plan = [
+                (m, row, seed, seed == 0) for seed in seeds for m, row in pairs
+            ]
+            run_grid(plan, load, out_path, workdir, meta, epochs)
+            return out_path
         if args.full:
             plan = [
                 (m, row, seed, seed == 0)

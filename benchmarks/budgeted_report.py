@@ -65,13 +65,12 @@ def _cell_accuracy(s):
     return f"{s['accuracy']:.4f} ({s['low']:.4f}-{s['high']:.4f})"
 
 
-def table(rows, reference_latency):
+def table(rows):
     dense = rows.get("dense", {}).get("train_seconds")
     lines = [
         "| run | seeds | test accuracy (min-max) | nonzero | slim widths "
-        "| slim params | .tflite f32 | .tflite int8 | latency ms "
-        "| speed vs tfmot98 sparse | train time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| slim params | .tflite f32 | .tflite int8 | train time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row, s in rows.items():
         cells = [
@@ -82,24 +81,49 @@ def table(rows, reference_latency):
             s["slim_widths"],
             f"{s['slim_params']:,}",
         ]
-        latency = s.get("latency_ms")
-        if latency:
-            cells += [
-                f"{s['tflite_bytes']:,}",
-                f"{s['tflite_int8_bytes']:,}",
-                f"{latency:.4f}",
-                f"{reference_latency / latency:.2f}x"
-                if reference_latency
-                else "",
-            ]
+        if s.get("tflite_bytes"):
+            cells += [f"{s['tflite_bytes']:,}", f"{s['tflite_int8_bytes']:,}"]
         else:
-            cells += ["", "", "", ""]
+            cells += ["", ""]
         cells.append(f"{s['train_seconds'] / dense:.2f}x" if dense else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def goals(agg):
+def latency_table(latency):
+    """The interleaved latencies of `budgeted_latency.py`."""
+    lines = [
+        f"Latency, produced by `{latency['command'].strip()}` "
+        f"({latency['machine']}): single-thread LiteRT, batch 1, every "
+        "flatbuffer timed in turn in each repeat (median of 300 invocations "
+        "per repeat); speed is the reference's time over the flatbuffer's, "
+        "median and min-max over the repeats. The models are rebuilt from "
+        "the slim widths above with seeded weights (a dense layer's latency "
+        "does not depend on its values); the reference has 2% of each "
+        "kernel nonzero, as tfmot 98% leaves it.",
+        "",
+        f"| flatbuffer | bytes | latency ms | speed vs {latency['reference']} |",
+        "|---|---|---|---|",
+    ]
+    for name, r in latency["results"].items():
+        lines.append(
+            f"| {name} | {r['bytes']:,} | {r['latency_ms']:.4f} | "
+            f"{1 / r['ratio']:.2f}x ({1 / r['ratio_max']:.2f}-"
+            f"{1 / r['ratio_min']:.2f}) |"
+        )
+    lines += [""] + [f"{note}." for note in latency.get("notes", [])]
+    return lines
+
+
+def _speed(latency, widths, kind):
+    """Speed vs the reference of the slim `widths` flatbuffer (f32/int8)."""
+    for name, r in (latency or {}).get("results", {}).items():
+        if name.startswith(f"slim {widths} ") and name.endswith(kind):
+            return 1 / r["ratio"]
+    return None
+
+
+def goals(agg, latency=None):
     """Issue 13's goals (a), (b), (c) on the means; list of lines."""
     lines = []
     r300 = agg.get("lenet300", {})
@@ -142,11 +166,8 @@ def goals(agg):
         )
         best = ranked[0]
         s, t = r300[best], r300["tfmot98"]
-        fast = (
-            t.get("sparse_latency_ms", 0) / s["latency_ms"]
-            if s.get("latency_ms") and t.get("sparse_latency_ms")
-            else None
-        )
+        fast = _speed(latency, s["slim_widths"], "f32")
+        fast8 = _speed(latency, s["slim_widths"], "int8")
         ok = s["accuracy"] >= t["accuracy"] and fast is not None and fast >= 3
         others = ", ".join(
             f"`{row}` {r300[row]['accuracy']:.4f}" for row in ranked[1:]
@@ -155,11 +176,14 @@ def goals(agg):
             f"- (b) structured LeNet-300, 80% of neurons: **"
             f"{'met' if ok else 'not met'}**: best `{best}` "
             f"({len(s['seeds'])} seeds) {s['accuracy']:.4f} vs tfmot 98% "
-            f"{t['accuracy']:.4f}"
+            f"{t['accuracy']:.4f} ({len(t['seeds'])} seeds)"
             + (f" (then {others})" if others else "")
-            + "; its slim `.tflite` is "
-            + (f"{fast:.1f}x" if fast else "?")
-            + " as fast as tfmot 98%'s sparse-format export (goal: 3x)."
+            + "; its slim float32 `.tflite` is "
+            + (f"{fast:.2f}x" if fast else "?")
+            + " as fast as tfmot 98%'s sparse-format float32 export (goal: "
+            "3x), its int8 export "
+            + (f"{fast8:.2f}x" if fast8 else "?")
+            + " (tfmot 98% has no sparse int8 export that LiteRT runs)."
         )
     r5 = agg.get("lenet5", {})
     if "dense" in r5:
@@ -226,9 +250,7 @@ def figures(agg, out):
         for ax in axes:
             ax.set_ylabel("test accuracy")
             ax.grid(alpha=0.3)
-        axes[1].legend(
-            fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0)
-        )
+        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.suptitle(f"{model}: budgeted pruning, mean and min-max over seeds")
         fig.tight_layout()
         name = f"results_budgeted_{model}.png"
@@ -246,7 +268,11 @@ def section(saved, out):
         BEGIN,
         "## Budgeted pruning (issue 13)",
         "",
-        f"Produced by `{meta.get('command')}` on {env.get('date')}: "
+        "Produced by "
+        + ", then ".join(
+            f"`{c}`" for c in meta.get("commands") or [meta.get("command")]
+        )
+        + f" (last on {env.get('date')}): "
         f"{env.get('machine')}; TensorFlow {env.get('tensorflow')}, Keras "
         f"{env.get('keras')}. Fashion-MNIST, last 10% of the training images "
         f"held out for validation, the 10,000 test images; "
@@ -255,40 +281,31 @@ def section(saved, out):
         "steps, 4 pruning steps per epoch) with LOBSTER decay 1e-4 (`-nd`: "
         "none); tfmot `PolynomialDecay` (per layer, same ramp, its own "
         "process). Accuracy: mean (min-max) over the seeds listed; the other "
-        "columns are seed 0's. Latency: single-thread LiteRT, batch 1, "
-        "median of 300, of the slim float32 model; `speed vs tfmot98 sparse` "
-        "is tfmot 98%'s sparse-format export's latency over this row's (> 1: "
-        "faster). Train time: relative to dense, on a machine shared with "
-        "other jobs (noisy).",
+        "columns are seed 0's. Train time: relative to dense, on a machine "
+        "shared with other jobs (noisy).",
         "",
         "Rows: `magNN`/`taylorNN`/`sereneNN` unstructured to NN% zeros with "
         "that criterion; `stNN-CRIT` structured, NN% of the prunable neurons "
         "and channels removed (`mag`: L2 norm, equal fraction per layer; "
-        "`global`: layer-normalised L2 ranked across layers; `serene`: "
+        "`global`: layer-normalised L2 ranked across layers; `group`: L2 of "
+        "the producing and consuming weights (Torch-Pruning's group "
+        "magnitude); `serene`: "
         "SeReNe's neuron sensitivity rescaled per layer); `st80-mag-nd` is "
         "the L2-norm, no-decay baseline.",
         "",
     ]
-    if "--full" not in str(meta.get("command")):
-        lines += [
-            "Sized for 2 shared cores (`--full` runs the whole grid): three "
-            "seeds only for the rows that decide the goals (dense, tfmot "
-            "98%/99%, ours 98%/99%, the no-decay L2 baseline and the "
-            "structured row that scored best on seed 0 among `st80-mag`, "
-            "`st80-global`, `st80-global-nd`, `st80-serene`: a choice made "
-            "on seed 0, which the other two seeds then test), one seed for "
-            "the rest; LeNet-5 structured rows only, on the first 12,000 "
-            "training images, one seed.",
-            "",
-        ]
+    for note in meta.get("notes", []):
+        lines += [note, ""]
+    latency = saved.get("latency")
     for model, rows in agg.items():
-        reference = rows.get("tfmot98", {}).get("sparse_latency_ms")
         size = next(iter(rows.values()))["train_size"]
         lines += [f"### {model} ({size:,} training images)", ""]
-        lines += table(rows, reference)
+        lines += table(rows)
         lines.append("")
-    lines += ["### Goals (three-seed means where three seeds ran)", ""]
-    lines += goals(agg) + [""]
+        if model == "lenet300" and latency:
+            lines += latency_table(latency) + [""]
+    lines += ["### Goals (means over the seeds run)", ""]
+    lines += goals(agg, latency) + [""]
     for name in figures(agg, out):
         lines.append(f"![{name}]({name})")
     lines.append(END)

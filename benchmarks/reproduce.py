@@ -102,6 +102,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--seeds", type=int, default=3, help="budgeted seeds")
     parser.add_argument(
+        "--rows",
+        default=None,
+        help="budgeted: only these MODEL/ROW pairs (comma-separated, e.g. "
+        "lenet5/dense,lenet5/st80-mag-nd), each for every seed; runs "
+        "already in the --out JSON are kept",
+    )
+    parser.add_argument(
         "--lenet5-train-size",
         type=int,
         default=12000,

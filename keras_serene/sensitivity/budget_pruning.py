@@ -101,13 +101,14 @@ class _Slices:
 
 
 class _Group:
-    def __init__(self, group, kernels, gammas, biases):
+    def __init__(self, group, kernels, gammas, biases, consumers):
         self.id = group.id
         self.size = group.size
         self.sources = list(group.sources)
         self.kernels = kernels
         self.gammas = gammas
         self.biases = biases
+        self.consumers = consumers
 
 
 class ChannelPruner:
@@ -126,7 +127,7 @@ class ChannelPruner:
         for group in plan.groups:
             if group.pinned or group.size < 2:
                 continue
-            kernels, gammas, biases = [], [], []
+            kernels, gammas, biases, consumers = [], [], [], []
             for member in group.members:
                 layer = layers.get(member.layer)
                 variable = (
@@ -140,8 +141,12 @@ class ChannelPruner:
                     biases.append(variable)
                 elif member.role == "channel" and member.weight == "gamma":
                     gammas.append(_Slices(variable, member, group.size))
+                elif member.role == "consumes" and len(variable.shape) > 1:
+                    consumers.append(_Slices(variable, member, group.size))
             if kernels:
-                self.groups.append(_Group(group, kernels, gammas, biases))
+                self.groups.append(
+                    _Group(group, kernels, gammas, biases, consumers)
+                )
         self.total = sum(g.size for g in self.groups)
 
     def removed(self):
@@ -165,6 +170,8 @@ class ChannelPruner:
                 if criterion == "taylor":
                     value = value * s.take(statistics[id(s.variable)])
                 slices.append(value)
+            if criterion == "magnitude_group":
+                slices += [s.take(s.variable.numpy()) for s in group.consumers]
             out.append(
                 pruning_criteria.channel_scores(
                     criterion, slices, statistics, group.biases

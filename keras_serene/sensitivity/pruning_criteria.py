@@ -12,6 +12,11 @@ channels) until the scheduled fraction is reached. The criteria:
 - `"magnitude_global"` (ours): structured only; the L2 norm divided by the
   root-mean-square norm of its layer's remaining channels, ranked across all
   layers, so layers lose different fractions. Unstructured: as `"magnitude"`.
+- `"magnitude_group"`: structured only; the L2 norm of everything the
+  channel touches, its producing kernel slices and the consuming layers'
+  input slices (Torch-Pruning's group magnitude importance, Fang et al.,
+  "DepGraph", arXiv 2301.12900, Sec. 3.3), the same fraction removed from
+  every layer. Unstructured: as `"magnitude"`.
 - `"taylor"` (ours): `|w| * S` with LOBSTER's sensitivity `S = |dL/dw|`
   (arXiv 2011.09905, Eq. 6), i.e. the first-order Taylor saliency of
   Molchanov et al. (arXiv 1611.06440, Eq. 8); structured: summed over the
@@ -33,7 +38,13 @@ callback's `validation_data`.
 import keras
 import numpy as np
 
-CRITERIA = ("magnitude", "magnitude_global", "taylor", "serene")
+CRITERIA = (
+    "magnitude",
+    "magnitude_global",
+    "magnitude_group",
+    "taylor",
+    "serene",
+)
 DATA_CRITERIA = ("taylor", "serene")
 #: Batches and samples per batch the data criteria read per pruning step.
 MAX_BATCHES = 4
@@ -114,7 +125,7 @@ def entry_scores(criterion, variables, values, statistics, neuron_of):
     scores = []
     for variable, value in zip(variables, values):
         magnitude = np.abs(value)
-        if criterion in ("magnitude", "magnitude_global"):
+        if criterion in ("magnitude", "magnitude_global", "magnitude_group"):
             scores.append(magnitude)
         elif criterion == "taylor":
             scores.append(magnitude * statistics[id(variable)])
@@ -143,7 +154,8 @@ def channel_scores(criterion, slices, statistics, biases):
         criterion: one of `CRITERIA`.
         slices: list of numpy arrays `[channels, ...]`, one per producing
             kernel of the group: the kernel values of each channel (for
-            `"taylor"`, already multiplied by `|dL/dw|`).
+            `"taylor"`, already multiplied by `|dL/dw|`; for
+            `"magnitude_group"`, the consuming kernels' slices as well).
         statistics: as in `entry_scores` (None for magnitude criteria).
         biases: the group's producing bias variables (`"serene"`).
     """

@@ -111,6 +111,9 @@ class SensitivityPruning(
             (|w|; structured: channel L2 norm, equal fraction per layer;
             the papers' magnitude thresholding), `"magnitude_global"` (ours:
             structured ranking across layers by layer-normalised norms),
+            `"magnitude_group"` (structured: the L2 norm of the channel's
+            producing and consuming weights, Torch-Pruning's group
+            magnitude),
             `"taylor"` (ours: |w|·LOBSTER's S) or `"serene"` (SeReNe's
             neuron S, rescaled per layer as NeuronLOBSTER's `rescaled`); the
             last two read `validation_data`. Defaults to `"magnitude"`.

@@ -1,6 +1,5 @@
 """Tests for `ks.prune_by_importance` (RNI / network-slimming pruning)."""
 
-
 import keras
 import numpy as np
 import pytest

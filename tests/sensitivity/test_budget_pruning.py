@@ -86,3 +86,23 @@ def test_channel_scores_by_hand():
         pruning_criteria.channel_scores("taylor", [-slices[0]], None, []),
         [7, 1],
     )
+
+
+def test_group_magnitude_counts_the_consuming_weights():
+    model, opt = _tiny()
+    first, second = model.layers
+    # Neurons 0 and 1 have the same incoming norm (1.0); neuron 0 feeds the
+    # next layer with 0.1s, neuron 1 with 2s; neuron 2 comes in with 0.8.
+    first.kernel.assign([[0.6, 0.8, 0.8], [0.8, 0.6, 0.0]])
+    second.kernel.assign([[0.1, 0.1], [2.0, 2.0], [1.0, 1.0]])
+    plan = ks.slimming_plan(model)
+    pruner = budget_pruning.ChannelPruner(model, opt, plan)
+    (incoming,) = pruner.scores("magnitude", None)
+    np.testing.assert_allclose(incoming, [1.0, 1.0, 0.8], rtol=1e-6)
+    (group,) = pruner.scores("magnitude_group", None)
+    # sqrt(in^2 + out^2): sqrt(1 + 0.02), sqrt(1 + 8), sqrt(0.64 + 2).
+    np.testing.assert_allclose(group, np.sqrt([1.02, 9.0, 2.64]), rtol=1e-6)
+    # One of 3 goes: by incoming norm neuron 2, by the group neuron 0.
+    assert pruner.prune_to(1 / 3, "magnitude_group") == 1
+    dead = np.all(first.kernel.numpy() == 0, axis=0)
+    assert dead.tolist() == [True, False, False]

@@ -1,6 +1,5 @@
 """SensitivityOptimizer: hand-computed updates, masks, Keras integration."""
 
-
 import keras
 import numpy as np
 import pytest
