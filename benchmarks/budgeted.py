@@ -13,7 +13,10 @@ Row names (`--rows`):
   decay 1e-4; a `-nd` suffix trains without decay;
 - `stNN-CRIT` (`st80-mag`, `st80-global`, `st80-serene`, `st80-taylor`):
   ours, `structured=True`, NN% of the prunable neurons / channels removed;
-  `-nd` without decay (`st80-mag-nd` is the L2-norm no-decay baseline).
+  `-nd` without decay (`st80-mag-nd` is the L2-norm no-decay baseline);
+- `scratchNN`: the narrow network `stNN-mag` slims to (every hidden width
+  times 1 - NN%), trained from scratch in the same budget: what the
+  capacity alone gives, without pruning.
 
 Rows run in the order given, seed by seed; `results_budgeted.json` is
 rewritten after every run, so an interrupted run keeps what it measured.
@@ -52,6 +55,8 @@ def parse_row(name):
         return "dense", None, None, 0.0
     if name.startswith("tfmot"):
         return "tfmot", int(name[5:]) / 100, None, 0.0
+    if name.startswith("scratch"):
+        return "scratch", int(name[7:]) / 100, None, 0.0
     decay = 0.0 if name.endswith("-nd") else DECAY
     base = name[:-3] if name.endswith("-nd") else name
     if base.startswith("st"):
@@ -87,6 +92,9 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
     if kind == "tfmot":
         return _tfmot(model, model_name, target, data, seed, workdir, epochs)
     callbacks = []
+    if kind == "scratch":
+        model = narrow(model, 1 - target)
+        kind = "dense"
     if kind == "dense":
         _compile(model, sgd)
     else:
@@ -120,6 +128,20 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
             extra["removed_neurons"] = history.history["removed_neurons"][-1]
         model = ks.strip_masks(model)
     return model, seconds, extra
+
+
+def narrow(model, keep):
+    """The same architecture with every hidden Dense/Conv width times
+    `keep` (rounded, at least 1); the output layer keeps its width."""
+    config = model.get_config()
+    last = config["layers"][-1]["name"]
+    for layer in config["layers"]:
+        layer.pop("build_config", None)  # Input shapes change: rebuild.
+        inner = layer["config"]
+        for key in ("units", "filters"):
+            if key in inner and layer["name"] != last:
+                inner[key] = max(1, int(round(inner[key] * keep)))
+    return keras.Model.from_config(config)
 
 
 def _tfmot(model, model_name, target, data, seed, workdir, epochs):

@@ -111,7 +111,7 @@ def latency_table(latency):
             f"{1 / r['ratio']:.2f}x ({1 / r['ratio_max']:.2f}-"
             f"{1 / r['ratio_min']:.2f}) |"
         )
-    lines += [""] + [f"{note}." for note in latency.get("notes", [])]
+    lines += [""] + [note.rstrip(".") + "." for note in latency["notes"]]
     return lines
 
 
@@ -216,6 +216,7 @@ def figures(agg, out):
             family = (
                 "dense" if row == "dense"
                 else "tfmot" if row.startswith("tfmot")
+                else "narrow from scratch" if row.startswith("scratch")
                 else "structured " + row.split("-", 1)[1]
                 if row.startswith("st")
                 else "ours " + "".join(c for c in row if not c.isdigit())
@@ -291,7 +292,8 @@ def section(saved, out):
         "the producing and consuming weights (Torch-Pruning's group "
         "magnitude); `serene`: "
         "SeReNe's neuron sensitivity rescaled per layer); `st80-mag-nd` is "
-        "the L2-norm, no-decay baseline.",
+        "the L2-norm, no-decay baseline; `scratchNN` is the narrow network "
+        "`stNN-mag` slims to, trained from scratch (no pruning).",
         "",
     ]
     for note in meta.get("notes", []):
