@@ -208,6 +208,7 @@ def figures(agg, out):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     names = []
     for model, rows in agg.items():
@@ -244,11 +245,18 @@ def figures(agg, out):
                 ]
                 ax.errorbar(xs, ys, yerr=err, capsize=3, label=family,
                             **style)  # fmt: skip
-        axes[0].set_xscale("log")
         axes[0].set_xlabel("nonzero parameters (%)")
-        axes[1].set_xscale("log")
         axes[1].set_xlabel("slim model parameters")
         for ax in axes:
+            # Log axes labelled 1-2-5 in plain numbers (no crowded minors).
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+            ax.xaxis.set_major_formatter(
+                ticker.FuncFormatter(
+                    lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"
+                )
+            )
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_ylabel("test accuracy")
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
