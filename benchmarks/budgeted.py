@@ -14,6 +14,8 @@ Row names (`--rows`):
 - `stNN-CRIT` (`st80-mag`, `st80-global`, `st80-serene`, `st80-taylor`):
   ours, `structured=True`, NN% of the prunable neurons / channels removed;
   `-nd` without decay (`st80-mag-nd` is the L2-norm no-decay baseline);
+- a `@PP` suffix on any of ours (`st80-mag-nd@50`) ends the ramp at PP% of
+  the epochs instead of the default 70%;
 - `scratchNN`: the narrow network `stNN-mag` slims to (every hidden width
   times 1 - NN%), trained from scratch in the same budget: what the
   capacity alone gives, without pruning.
@@ -49,8 +51,14 @@ CRITERIA = {
 }
 
 
+def end_fraction(name):
+    """Where the ramp ends, as a fraction of the epochs (`@PP`), or None."""
+    return int(name.split("@")[1]) / 100 if "@" in name else None
+
+
 def parse_row(name):
     """`(kind, target, criterion, decay)` of a row name."""
+    name = name.split("@")[0]
     if name == "dense":
         return "dense", None, None, 0.0
     if name.startswith("tfmot"):
@@ -105,6 +113,9 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
                 target_sparsity=target,
                 structured=kind == "structured",
                 criterion=criterion,
+                end_epoch=None
+                if end_fraction(row) is None
+                else end_fraction(row) * epochs,
                 validation_data=(x[split:], y[split:]),
                 verbose=0,
             )
