@@ -301,7 +301,8 @@ def section(saved, out):
         "magnitude); `serene`: "
         "SeReNe's neuron sensitivity rescaled per layer); `st80-mag-nd` is "
         "the L2-norm, no-decay baseline; `scratchNN` is the narrow network "
-        "`stNN-mag` slims to, trained from scratch (no pruning).",
+        "`stNN-mag` slims to, trained from scratch (no pruning); a `@PP` suffix "
+        "ends the ramp at PP% of the epochs (default 70%).",
         "",
     ]
     for note in meta.get("notes", []):
