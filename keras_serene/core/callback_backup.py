@@ -127,3 +127,14 @@ def rewind(directory, name, epoch, model):
     for i, variable in enumerate(variables):
         variable.assign(arrays[f"v{i}"])
     return True
+
+
+def epoch_begins(directory, name, epoch, model, resuming):
+    """What a callback with `backup_dir=` does as each epoch begins: on the
+    first epoch of a resumed fit, `rewind` (after the callback has read its
+    own state back); then `snapshot`. Nothing when `directory` is None."""
+    if directory is None:
+        return
+    if resuming:
+        rewind(directory, name, epoch, model)
+    snapshot(directory, name, epoch, model)

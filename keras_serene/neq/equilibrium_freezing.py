@@ -184,19 +184,15 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         self._resume = self.backup_dir is not None
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._resume:
-            self._resume = False
+        resuming, self._resume = self._resume, False
+        if resuming:
             history = backup.load_state(self.backup_dir, epoch, self._records)
             if history is not None:
                 self.history = history
                 self._apply_masks(force=True)
-            callback_backup.rewind(
-                self.backup_dir, backup.NAME, epoch, self.model
-            )
-        if self.backup_dir is not None:
-            callback_backup.snapshot(
-                self.backup_dir, backup.NAME, epoch, self.model
-            )
+        callback_backup.epoch_begins(
+            self.backup_dir, backup.NAME, epoch, self.model, resuming
+        )
         if self.skip_frozen_layers:
             self._skip.skip(
                 [

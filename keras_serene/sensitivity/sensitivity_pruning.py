@@ -248,16 +248,12 @@ class SensitivityPruning(
         self._begin_budget()
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._resume:
-            self._resume = False
+        resuming, self._resume = self._resume, False
+        if resuming:
             self._restore_state(epoch)
-            callback_backup.rewind(
-                self.backup_dir, _BACKUP_NAME, epoch, self.model
-            )
-        if self.backup_dir is not None:
-            callback_backup.snapshot(
-                self.backup_dir, _BACKUP_NAME, epoch, self.model
-            )
+        callback_backup.epoch_begins(
+            self.backup_dir, _BACKUP_NAME, epoch, self.model, resuming
+        )
         if self.ramp is None:
             return
         base = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
