@@ -25,6 +25,7 @@ after that epoch has ended.
 
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -113,16 +114,34 @@ def snapshot(directory, name, epoch, model):
 
 def rewind(directory, name, epoch, model):
     """Puts back the variables `snapshot` saved as `epoch` began; True if
-    it did (False: no snapshot of that epoch, or of another model)."""
+    it did (False: no snapshot of that epoch). A snapshot of another model
+    (other variable count or shapes) is left alone with a warning: the
+    resume is then only as exact as Keras's own."""
     saved = load(directory, name + _SNAPSHOT, epoch)
     if saved is None:
         return False
     arrays = saved[1]
     variables = _state_variables(model)
-    if len(arrays) != len(variables) or any(
-        tuple(arrays[f"v{i}"].shape) != tuple(v.shape)
+    mismatch = [
+        (v.path, tuple(arrays[f"v{i}"].shape), tuple(v.shape))
         for i, v in enumerate(variables)
-    ):
+        if f"v{i}" in arrays and tuple(arrays[f"v{i}"].shape) != tuple(v.shape)
+    ]
+    if len(arrays) != len(variables) or mismatch:
+        detail = (
+            f"variable {mismatch[0][0]!r} was saved with shape "
+            f"{mismatch[0][1]}, the model's is {mismatch[0][2]}"
+            if mismatch
+            else f"{len(arrays)} variables saved, the model and its "
+            f"optimizer have {len(variables)}"
+        )
+        warnings.warn(
+            f"{name}: the epoch-begin snapshot in backup_dir={directory!r} "
+            f"is not of this model ({detail}), so epoch {epoch} is not "
+            "rewound: a mid-epoch resume replays it from the weights "
+            "Keras restored.",
+            stacklevel=3,
+        )
         return False
     for i, variable in enumerate(variables):
         variable.assign(arrays[f"v{i}"])
