@@ -81,7 +81,8 @@ def parse_row(name):
     raise ValueError(f"unknown budgeted row {name!r}")
 
 
-def _compile(model, optimizer):
+def compile_classifier(model, optimizer):
+    """Compiles a logits classifier the way every benchmark row does."""
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -104,9 +105,9 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
         model = narrow(model, 1 - target)
         kind = "dense"
     if kind == "dense":
-        _compile(model, sgd)
+        compile_classifier(model, sgd)
     else:
-        _compile(model, ks.SensitivityOptimizer(sgd, decay=decay))
+        compile_classifier(model, ks.SensitivityOptimizer(sgd, decay=decay))
         split = int(0.9 * len(x))
         callbacks.append(
             ks.callbacks.SensitivityPruning(
@@ -189,7 +190,7 @@ def _tfmot(model, model_name, target, data, seed, workdir, epochs):
 def measure(model, data, export=True, sparse=False):
     """Accuracy, nonzero, slim widths/params; `.tflite` sizes and latency."""
     (x, _), (x_test, y_test) = data
-    _compile(model, "sgd")
+    compile_classifier(model, "sgd")
     accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
     report = ks.summary(model, print_fn=False)
     slim = ks.slim(model)

@@ -126,7 +126,8 @@ def main(argv=None):
     with open(args.json, "w") as f:
         json.dump(saved, f, indent=1)
     print(
-        f"{'flatbuffer':48s} {'bytes':>9s} {'ms':>8s}  speed vs reference (min-max)"
+        f"{'flatbuffer':48s} {'bytes':>9s} {'ms':>8s}  "
+        "speed vs reference (min-max)"
     )
     for name, value in result.items():
         print(

@@ -102,7 +102,8 @@ def latency_table(latency):
         "does not depend on its values); the reference has 2% of each "
         "kernel nonzero, as tfmot 98% leaves it.",
         "",
-        f"| flatbuffer | bytes | latency ms | speed vs {latency['reference']} |",
+        "| flatbuffer | bytes | latency ms | speed vs "
+        f"{latency['reference']} |",
         "|---|---|---|---|",
     ]
     for name, r in latency["results"].items():
@@ -301,8 +302,8 @@ def section(saved, out):
         "magnitude); `serene`: "
         "SeReNe's neuron sensitivity rescaled per layer); `st80-mag-nd` is "
         "the L2-norm, no-decay baseline; `scratchNN` is the narrow network "
-        "`stNN-mag` slims to, trained from scratch (no pruning); a `@PP` suffix "
-        "ends the ramp at PP% of the epochs (default 70%).",
+        "`stNN-mag` slims to, trained from scratch (no pruning); a `@PP` "
+        "suffix ends the ramp at PP% of the epochs (default 70%).",
         "",
     ]
     for note in meta.get("notes", []):

@@ -52,9 +52,9 @@ import numpy as np  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
 from keras_serene.app import datasets  # noqa: E402
-from keras_serene.core import masking as masks_lib  # noqa: E402
 from keras_serene.app import report as report_lib  # noqa: E402
 from keras_serene.app import zoo  # noqa: E402
+from keras_serene.core import masking as masks_lib  # noqa: E402
 
 FULL = dict(
     train=12000,

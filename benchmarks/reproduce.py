@@ -50,6 +50,8 @@ from keras_serene.core.masking_optimizer import MaskingOptimizer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from budgeted import compile_classifier  # noqa: E402
+
 METHODS = (
     "dense",
     "lobster",
@@ -137,14 +139,6 @@ def load(args):
     return name, (x, y), (x_test, y_test)
 
 
-def _compile(model, optimizer):
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-
-
 def _fit(trainer, x, y, epochs, callbacks=()):
     start = time.perf_counter()
     history = trainer.fit(
@@ -180,7 +174,7 @@ def train(method, model_name, data, epochs, seed, workdir):
     extra = {}
     sgd = keras.optimizers.SGD(LEARNING_RATE)
     if method == "dense":
-        _compile(model, sgd)
+        compile_classifier(model, sgd)
         _, seconds = _fit(model, x, y, epochs)
     elif method in ("lobster", "serene", "neurips18"):
         sensitivity = {
@@ -189,7 +183,7 @@ def train(method, model_name, data, epochs, seed, workdir):
             "neurips18": "output",
         }[method]
         trainer = model if method == "lobster" else ks.SensitivityModel(model)
-        _compile(
+        compile_classifier(
             trainer,
             ks.SensitivityOptimizer(sgd, sensitivity=sensitivity, decay=DECAY),
         )
@@ -200,7 +194,7 @@ def train(method, model_name, data, epochs, seed, workdir):
     elif method == "neq":
         # NEq needs the masks: the masking layer around the plain SGD
         # (every Dense/Conv layer but the output one is watched by default).
-        _compile(model, MaskingOptimizer(sgd))
+        compile_classifier(model, MaskingOptimizer(sgd))
         neq = ks.callbacks.EquilibriumFreezing(x, subset=0.01)
         _, seconds = _fit(model, x, y, epochs, [neq])
         saved = [h.get("backprop_flops_saved", 0.0) for h in neq.history]
@@ -249,7 +243,7 @@ def train(method, model_name, data, epochs, seed, workdir):
 
 def measure(model, data, workdir):
     (x, _), (x_test, y_test) = data
-    _compile(model, "sgd")
+    compile_classifier(model, "sgd")
     accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
     report = ks.summary(model, print_fn=False)
     slim = ks.slim(model)

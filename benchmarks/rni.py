@@ -55,8 +55,8 @@ import tensorflow as tf  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
 from keras_serene.app import datasets  # noqa: E402
-from keras_serene.rni.importance_pruning import mask_by_importance  # noqa: E402
 from keras_serene.rni.importance_optimizer import importance_vgg  # noqa: E402
+from keras_serene.rni.importance_pruning import mask_by_importance  # noqa: E402
 
 FULL = dict(
     train=8000,

@@ -1,12 +1,11 @@
 """`EquilibriumFreezing` inside `fit`: masks, warm-up, unfreezing, skips."""
 
 import json
-import os
 import warnings
 
+import harness
 import keras
 import numpy as np
-import harness
 import pytest
 from harness import assert_config_round_trip
 from two_cpus import run_on_two_cpus

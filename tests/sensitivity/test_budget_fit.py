@@ -2,9 +2,9 @@
 
 import os
 
+import harness
 import keras
 import numpy as np
-import harness
 import pytest
 from two_cpus import run_on_two_cpus
 

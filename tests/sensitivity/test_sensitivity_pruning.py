@@ -1,10 +1,9 @@
 """SensitivityPruning inside fit: thresholds, masks, logs, errors."""
 
-import os
 
+import harness
 import keras
 import numpy as np
-import harness
 import pytest
 from harness import assert_config_round_trip
 
