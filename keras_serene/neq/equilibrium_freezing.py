@@ -20,6 +20,13 @@ is zeroed before the inner step, so its momentum decays, as the authors'
 `MaskedSGD` (`src/optim/sgd.py`). A layer whose neurons are all frozen is
 made non-trainable for the epoch (`keras_serene.neq.layer_skip`), so its
 weight gradients are not computed at all.
+
+Only a skipped layer saves time: on CPU, the weight gradient of half a
+layer's channels costs as much as the whole layer's
+(`benchmarks/neq_partial.py`), so a partly frozen layer saves FLOPs on
+paper only. `skip_threshold < 1` (ours, not the paper's) freezes a Dense/Conv
+layer whole once that fraction of its neurons is at equilibrium, which
+turns a mostly settled layer into a skipped one.
 """
 
 import keras
@@ -103,6 +110,13 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             whose name matches one. Defaults to `None`.
         skip_frozen_layers: Bool. Make a fully frozen Dense/Conv layer
             non-trainable for the epoch. Defaults to `True`.
+        skip_threshold: Float in (0, 1]. A Dense/Conv layer with at least
+            this fraction of its neurons at equilibrium is frozen whole
+            (and skipped) for the next epoch. `1.0` freezes only the
+            neurons at equilibrium, as the paper. Lower values (ours)
+            trade some of a layer's unsettled neurons for a skipped layer,
+            the only freezing that saves wall-clock time on CPU. Needs
+            `skip_frozen_layers=True`. Defaults to `1.0`.
         subset: None, int >= 1 or float in (0, 1]. Keep only this many (or
             this fraction) samples of `validation_data`, drawn once with
             `seed`. Defaults to `None` (all).
@@ -129,6 +143,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         layers=None,
         exclude=None,
         skip_frozen_layers=True,
+        skip_threshold=1.0,
         subset=None,
         seed=0,
         backup_dir=None,
@@ -143,6 +158,22 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         self.skip_frozen_layers = checks.check_bool(
             CALLER, "skip_frozen_layers", skip_frozen_layers
         )
+        self.skip_threshold = checks.check_number(
+            CALLER,
+            "skip_threshold",
+            skip_threshold,
+            minimum=0.0,
+            maximum=1.0,
+            min_inclusive=False,
+        )
+        if self.skip_threshold < 1.0 and not self.skip_frozen_layers:
+            checks.fail(
+                CALLER,
+                "skip_threshold",
+                "be 1.0 when skip_frozen_layers=False (a layer frozen whole "
+                "only saves time when it is skipped)",
+                skip_threshold,
+            )
         self.seed = checks.check_int(CALLER, "seed", seed)
         if backup_dir is not None and not isinstance(backup_dir, str):
             checks.fail(
@@ -217,6 +248,12 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             )
             record.phi = phi_now
             record.frozen = eq.at_equilibrium(record.velocity, self.epsilon)
+            if (
+                record.skippable
+                and self.skip_threshold < 1.0
+                and record.frozen.mean() >= self.skip_threshold
+            ):
+                record.frozen[:] = True  # the whole layer: it is skipped
         self._apply_masks()
         if self.backup_dir is not None:
             backup.save_state(
@@ -353,6 +390,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             "layers": self.layers,
             "exclude": self.exclude,
             "skip_frozen_layers": self.skip_frozen_layers,
+            "skip_threshold": self.skip_threshold,
             "subset": self.subset,
             "seed": self.seed,
             "backup_dir": self.backup_dir,

@@ -312,6 +312,28 @@ def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
     assert _CountingMasking.traces == 2
 
 
+@pytest.mark.parametrize("threshold", [1.0, 0.5, 0.3])
+def test_skip_threshold_freezes_a_mostly_settled_layer_whole(threshold):
+    # The dead channel (1 of 3) settles in the warm-up; the others keep
+    # moving. Only a threshold <= 1/3 turns that into a skipped conv.
+    x, y = _data()
+    model = _conv_model()
+    _compile(model, keras.optimizers.SGD(0.1, momentum=0.9))
+    neq = ks.callbacks.EquilibriumFreezing(
+        x, subset=32, skip_threshold=threshold
+    )
+    snaps = _Snapshots(["conv"])
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[neq, snaps])
+    whole = threshold <= 1 / 3
+    assert neq.history[1]["frozen"] == {"conv": 3 if whole else 1}
+    assert neq.history[1]["skipped"] == (["conv"] if whole else [])
+    kernel_b, _ = snaps.begin[1]["conv"]
+    kernel_e, _ = snaps.end[1]["conv"]
+    np.testing.assert_array_equal(kernel_b[..., DEAD], kernel_e[..., DEAD])
+    moved = kernel_b[..., :DEAD] != kernel_e[..., :DEAD]
+    assert not moved.any() if whole else moved.all()
+
+
 def test_mlp_defaults_freeze_dense_units_but_never_the_output_layer():
     x, y = _data()
     x = x.reshape(len(x), -1)
@@ -524,7 +546,8 @@ def test_config_round_trip():
         velocity_form="code",
         layers=["conv"],
         exclude=["bn"],
-        skip_frozen_layers=False,
+        skip_frozen_layers=True,
+        skip_threshold=0.75,
         subset=4,
         seed=7,
         backup_dir="/tmp/neq",
@@ -537,7 +560,8 @@ def test_config_round_trip():
         "velocity_form": "code",
         "layers": ["conv"],
         "exclude": ["bn"],
-        "skip_frozen_layers": False,
+        "skip_frozen_layers": True,
+        "skip_threshold": 0.75,
         "subset": 4,
         "seed": 7,
         "backup_dir": "/tmp/neq",
@@ -583,6 +607,16 @@ def test_bad_inputs_name_the_problem():
         cls(x, velocity_form="torch")
     with pytest.raises(TypeError, match="skip_frozen_layers=1"):
         cls(x, skip_frozen_layers=1)
+    for threshold in (0.0, 1.5):
+        with pytest.raises(
+            ValueError,
+            match=rf"skip_threshold` must be > 0.0 and <= 1.0.*={threshold}",
+        ):
+            cls(x, skip_threshold=threshold)
+    with pytest.raises(
+        ValueError, match="skip_frozen_layers=False.*skip_threshold=0.5"
+    ):
+        cls(x, skip_threshold=0.5, skip_frozen_layers=False)
     with pytest.raises(TypeError, match="layers='conv'"):
         cls(x, layers="conv")
     with pytest.raises(TypeError, match="backup_dir=3"):
