@@ -47,6 +47,7 @@ CRITERIA = {
     "global": "magnitude_global",
     "group": "magnitude_group",
     "taylor": "taylor",
+    "tglobal": "taylor_global",
     "serene": "serene",
 }
 

@@ -167,7 +167,7 @@ class ChannelPruner:
             slices = []
             for s in group.kernels:
                 value = s.take(s.variable.numpy())
-                if criterion == "taylor":
+                if criterion in ("taylor", "taylor_global"):
                     value = value * s.take(statistics[id(s.variable)])
                 slices.append(value)
             if criterion == "magnitude_group":
@@ -187,8 +187,13 @@ class ChannelPruner:
         removed = self.removed()
         scores = self.scores(criterion, statistics)
         target = int(round(fraction * self.total))
-        if criterion == "magnitude_global":
-            chosen = _global_choice(removed, scores, target)
+        if criterion in pruning_criteria.GLOBAL_CRITERIA:
+            chosen = _global_choice(
+                removed,
+                scores,
+                target,
+                normalise=criterion == "magnitude_global",
+            )
         else:
             chosen = _per_group_choice(removed, scores, fraction, target)
         for group, old, new in zip(self.groups, removed, chosen):
@@ -234,14 +239,15 @@ def _per_group_choice(removed, scores, fraction, target):
     ]
 
 
-def _global_choice(removed, scores, target):
-    """One ranking of layer-normalised scores; every group keeps one."""
+def _global_choice(removed, scores, target, normalise=True):
+    """One ranking across groups (scores divided by the root mean square of
+    their group's remaining ones, if `normalise`); every group keeps one."""
     done = sum(int(r.sum()) for r in removed)
     entries = []
     for g, (s, r) in enumerate(zip(scores, removed)):
         alive = np.flatnonzero(~r)
         rms = np.sqrt(np.mean(np.square(s[alive]))) if alive.size else 1.0
-        normalised = s / (rms if rms > 0 else 1.0)
+        normalised = s / (rms if rms > 0 and normalise else 1.0)
         best = alive[np.argmax(s[alive])] if alive.size else -1
         for c in alive:
             if c != best:

@@ -72,7 +72,10 @@ class BudgetPruningMixin:
             new = criteria.gradient_statistics(
                 self._net, self._batches, self.criterion, self.model
             )
-            if self._statistics is None:
+            if (
+                self._statistics is None
+                or self.criterion in criteria.FRESH_CRITERIA
+            ):
                 self._statistics = new
             else:
                 for key, value in new.items():

@@ -21,6 +21,16 @@ channels) until the scheduled fraction is reached. The criteria:
   (arXiv 2011.09905, Eq. 6), i.e. the first-order Taylor saliency of
   Molchanov et al. (arXiv 1611.06440, Eq. 8); structured: summed over the
   channel's producing slices. `S` from the validation batches at each step.
+- `"taylor_global"`: structured only; the group Taylor importance
+  `(sum_s w_s dL/dw_s)^2` over the channel's producing kernel slices, the
+  first-order estimate of the loss change when the neuron's incoming weights
+  are zeroed (Molchanov et al., "Importance estimation for neural network
+  pruning", CVPR 2019, arXiv 1906.10771, Eq. 8, with LOBSTER's quantity
+  `dL/dw`, arXiv 2011.09905 Eq. 6, signed and averaged over the sampled
+  batches), ranked across all layers with no normalisation, as Molchanov
+  et al. do: a layer loses what costs the loss least. Recomputed at each
+  step (not accumulated: the weights it multiplies change). Unstructured:
+  `|w * dL/dw|` with the batch-mean signed gradient.
 - `"serene"`: SeReNe's neuron sensitivity (arXiv 2102.03773, Eq. 5, one-pass
   lower bound, `alpha_k = 1/K`, on the model outputs), rescaled per layer by
   its maximum (the authors' NeuronLOBSTER `rescaled` option,
@@ -31,8 +41,8 @@ channels) until the scheduled fraction is reached. The criteria:
   gradient, SeReNe arXiv 2102.03773 Sec. III); a layer without bias gets
   `S_n = 1`.
 
-The data-driven criteria (`"taylor"`, `"serene"`) need TensorFlow and the
-callback's `validation_data`.
+The data-driven criteria (`"taylor"`, `"taylor_global"`, `"serene"`) need
+TensorFlow and the callback's `validation_data`.
 """
 
 import keras
@@ -43,9 +53,14 @@ CRITERIA = (
     "magnitude_global",
     "magnitude_group",
     "taylor",
+    "taylor_global",
     "serene",
 )
-DATA_CRITERIA = ("taylor", "serene")
+DATA_CRITERIA = ("taylor", "taylor_global", "serene")
+#: Criteria ranked across layers (no equal fraction per layer).
+GLOBAL_CRITERIA = ("magnitude_global", "taylor_global")
+#: Data criteria whose statistic is recomputed at each step, not summed.
+FRESH_CRITERIA = ("taylor_global",)
 #: Batches and samples per batch the data criteria read per pruning step.
 MAX_BATCHES = 4
 BATCH_SIZE = 256
@@ -81,7 +96,8 @@ def gradient_statistics(model, batches, criterion, compiled=None):
     """`{id(variable): numpy array}` of the criterion's data statistic.
 
     `"taylor"`: the batch-mean `|dL/dw|` (mean over the sampled batches) of
-    every trainable variable. `"serene"`: `|d(mean_b sum_k y_bk / K)/db|`
+    every trainable variable. `"taylor_global"`: the batch-mean signed
+    `dL/dw`. `"serene"`: `|d(mean_b sum_k y_bk / K)/db|`
     for every bias, the neuron sensitivity lower bound. `compiled` is the
     compiled model whose loss is used (`model` itself by default; the
     `ks.SensitivityModel` around it when training through one).
@@ -94,7 +110,7 @@ def gradient_statistics(model, batches, criterion, compiled=None):
     for x, y in batches:
         with tf.GradientTape() as tape:
             outputs = model(x, training=False)
-            if criterion == "taylor":
+            if criterion in ("taylor", "taylor_global"):
                 scalar = compiled.compute_loss(x=x, y=y, y_pred=outputs)
             else:
                 k = keras.ops.shape(outputs)[-1]
@@ -106,7 +122,9 @@ def gradient_statistics(model, batches, criterion, compiled=None):
                 total += np.abs(value) if criterion == "taylor" else value
     out = {}
     for variable, total in zip(variables, totals):
-        out[id(variable)] = np.abs(total) / max(1, len(batches))
+        if criterion != "taylor_global":
+            total = np.abs(total)
+        out[id(variable)] = total / max(1, len(batches))
     return out
 
 
@@ -127,8 +145,8 @@ def entry_scores(criterion, variables, values, statistics, neuron_of):
         magnitude = np.abs(value)
         if criterion in ("magnitude", "magnitude_global", "magnitude_group"):
             scores.append(magnitude)
-        elif criterion == "taylor":
-            scores.append(magnitude * statistics[id(variable)])
+        elif criterion in ("taylor", "taylor_global"):
+            scores.append(magnitude * np.abs(statistics[id(variable)]))
         else:
             scores.append(
                 magnitude * neuron_sensitivity(variable, statistics, neuron_of)
@@ -155,6 +173,7 @@ def channel_scores(criterion, slices, statistics, biases):
         slices: list of numpy arrays `[channels, ...]`, one per producing
             kernel of the group: the kernel values of each channel (for
             `"taylor"`, already multiplied by `|dL/dw|`; for
+            `"taylor_global"`, by the signed `dL/dw`; for
             `"magnitude_group"`, the consuming kernels' slices as well).
         statistics: as in `entry_scores` (None for magnitude criteria).
         biases: the group's producing bias variables (`"serene"`).
@@ -163,6 +182,8 @@ def channel_scores(criterion, slices, statistics, biases):
     flat = [np.reshape(s, (channels, -1)) for s in slices]
     if criterion == "taylor":
         return sum(np.sum(np.abs(s), axis=1) for s in flat)
+    if criterion == "taylor_global":
+        return np.square(sum(np.sum(s, axis=1) for s in flat))
     if criterion == "serene":
         found = [statistics[id(b)] for b in biases if id(b) in statistics]
         if found:

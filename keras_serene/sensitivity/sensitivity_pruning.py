@@ -114,9 +114,12 @@ class SensitivityPruning(
             `"magnitude_group"` (structured: the L2 norm of the channel's
             producing and consuming weights, Torch-Pruning's group
             magnitude),
-            `"taylor"` (ours: |w|·LOBSTER's S) or `"serene"` (SeReNe's
-            neuron S, rescaled per layer as NeuronLOBSTER's `rescaled`); the
-            last two read `validation_data`. Defaults to `"magnitude"`.
+            `"taylor"` (ours: |w|·LOBSTER's S), `"taylor_global"`
+            (structured: Molchanov et al.'s group Taylor importance
+            `(sum w dL/dw)^2`, ranked across layers) or `"serene"`
+            (SeReNe's neuron S, rescaled per layer as NeuronLOBSTER's
+            `rescaled`); the last three read `validation_data`. Defaults
+            to `"magnitude"`.
         monitor: String. The loss the plateau schedule watches. Defaults to
             `"val_loss"`.
         patience: Int >= 1. Plateau patience in epochs (LOBSTER's `pwe`).

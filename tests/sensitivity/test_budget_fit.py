@@ -143,7 +143,7 @@ def test_structured_cnn_with_batch_norm_slims_with_equal_outputs(digits):
     )
 
 
-@pytest.mark.parametrize("criterion", ["taylor", "serene"])
+@pytest.mark.parametrize("criterion", ["taylor", "taylor_global", "serene"])
 def test_data_criteria_reach_the_target(digits, criterion):
     x, y, x_test, y_test = digits
     model = _mlp()
@@ -156,6 +156,33 @@ def test_data_criteria_reach_the_target(digits, criterion):
     )
     logs = _fit(model, x, y, pruner, epochs=3)
     assert logs["sparsity"][-1] == pytest.approx(0.8, abs=0.005)
+
+
+def test_taylor_global_removes_uneven_layers_and_slims_exactly(digits):
+    x, y, x_test, y_test = digits
+    model = _mlp()
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.6,
+        structured=True,
+        criterion="taylor_global",
+        validation_data=(x_test, y_test),
+        end_epoch=2,
+        verbose=0,
+    )
+    logs = _fit(model, x, y, pruner, epochs=3)
+    assert logs["removed_neurons"][-1] == pytest.approx(0.6, abs=0.005)
+    slim = ks.slim(ks.strip_masks(model))
+    dense = [la for la in slim.layers if isinstance(la, keras.layers.Dense)]
+    first, second, _ = [la.units for la in dense]
+    assert (32 - first) + (16 - second) == 29  # round(0.6 * 48)
+    # Ranked across layers: the two layers lose different fractions (an
+    # equal split would differ by one channel at most, 1/16).
+    assert abs((32 - first) / 32 - (16 - second) / 16) > 1 / 16
+    np.testing.assert_allclose(
+        slim.predict(x_test, verbose=0),
+        model.predict(x_test, verbose=0),
+        atol=1e-4,
+    )
 
 
 def test_masks_survive_keras_save_load_mid_ramp(digits, tmp_path):

@@ -86,6 +86,36 @@ def test_channel_scores_by_hand():
         pruning_criteria.channel_scores("taylor", [-slices[0]], None, []),
         [7, 1],
     )
+    # Group Taylor: (sum of w * dL/dw over the producing slices)^2; signs
+    # cancel: (3 - 4 + 2)^2 = 1 and (0 + 1 + 1)^2 = 4.
+    taylor = [np.array([[3.0, -4.0], [0.0, 1.0]]), np.array([[2.0], [1.0]])]
+    np.testing.assert_allclose(
+        pruning_criteria.channel_scores("taylor_global", taylor, None, []),
+        [1, 4],
+    )
+
+
+def test_global_choice_without_normalising_ranks_raw_scores():
+    removed = [np.zeros(4, bool), np.zeros(3, bool)]
+    scores = [np.array([1.0, 2.0, 3.0, 4.0]), np.array([10.0, 11.0, 100.0])]
+    raw = budget_pruning._global_choice(removed, scores, 2, normalise=False)
+    assert [np.flatnonzero(c).tolist() for c in raw] == [[0, 1], []]
+    # Normalised, group 1's 10 and 11 are the lowest (0.17, 0.19 of its
+    # rms 58.4, against 0.37 for group 0's 1.0).
+    scaled = budget_pruning._global_choice(removed, scores, 2)
+    assert [np.flatnonzero(c).tolist() for c in scaled] == [[], [0, 1]]
+
+
+def test_taylor_global_scores_channels_with_signed_gradients():
+    model, opt = _tiny()
+    first, _ = model.layers
+    first.kernel.assign([[1.0, 2.0, 0.5], [-1.0, 1.0, 0.5]])
+    pruner = budget_pruning.ChannelPruner(model, opt, ks.slimming_plan(model))
+    grads = {id(first.kernel): np.array([[0.5, 0.1, -1.0], [0.5, 0.1, 1.0]])}
+    grads[id(first.bias)] = np.zeros(3)
+    (scores,) = pruner.scores("taylor_global", grads)
+    # Per neuron: (1*0.5 - 1*0.5)^2 = 0, (0.2 + 0.1)^2, (-0.5 + 0.5)^2 = 0.
+    np.testing.assert_allclose(scores, [0.0, 0.09, 0.0], atol=1e-7)
 
 
 def test_group_magnitude_counts_the_consuming_weights():

@@ -1,6 +1,5 @@
 """SensitivityPruning inside fit: thresholds, masks, logs, errors."""
 
-
 import harness
 import keras
 import numpy as np
