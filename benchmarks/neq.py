@@ -36,10 +36,10 @@ included), on the wall clock and on the process CPU clock (only one fit runs
 at a time, so the process's CPU time in a turn is that run's; on a machine
 shared with other jobs it is the steadier figure). Reported: test accuracy,
 mean `backprop_flops_saved` over epochs, mean frozen fraction, wall and CPU
-time and their ratios to `baseline`, epochs with a
-skipped layer, and the goals (NEq <= 1.05x baseline; <= 0.85x where it saves
->= 30% of backprop FLOPs; accuracy within 0.3 points of baseline and above
-random).
+time and their ratios to `baseline`, epochs with a skipped layer, NEq's
+probe time per epoch (`probe_seconds`), and the goals (NEq <= 1.05x
+baseline; <= 0.85x where it saves >= 30% of backprop FLOPs; accuracy within
+0.3 points of baseline and above random).
 
 Run: `python benchmarks/neq.py` (LeNet-5 on 5,000 and the ResNet on 2,500
 Fashion-MNIST images, 10 epochs, seeds 0 and 1: ~35 min on 2 busy CPU
@@ -152,6 +152,7 @@ class Baton:
         self.spent = {n: 0.0 for n in names}
         self.cpu = {n: 0.0 for n in names}
         self.turns = {n: [] for n in names}
+        self.cpu_turns = {n: [] for n in names}
         self.start = {}
         self.cpu_start = {}
         self.arrived = set()
@@ -174,7 +175,8 @@ class Baton:
     def give(self, name):
         self.turns[name].append(time.perf_counter() - self.start[name])
         self.spent[name] += self.turns[name][-1]
-        self.cpu[name] += time.process_time() - self.cpu_start[name]
+        self.cpu_turns[name].append(time.process_time() - self.cpu_start[name])
+        self.cpu[name] += self.cpu_turns[name][-1]
         with self.cond:
             self.turn = (self.order.index(name) + 1) % len(self.order)
             self.cond.notify_all()
@@ -326,6 +328,7 @@ def run_seed(name, cfg, data, seed, args):
         r["time_s"] = baton.spent[run]
         r["cpu_s"] = baton.cpu[run]
         r["turn_s"] = [round(t, 3) for t in baton.turns[run]]
+        r["cpu_turn_s"] = [round(t, 3) for t in baton.cpu_turns[run]]
         logs = r.pop("history")
         if run in neq:
             r["flops_saved"] = logs["backprop_flops_saved"]
@@ -336,6 +339,7 @@ def run_seed(name, cfg, data, seed, args):
             r["train_functions_made"] = neq[run].train_functions_made
             r["frozen_by_layer"] = [h["frozen"] for h in neq[run].history]
             r["skipped_by_epoch"] = [h["skipped"] for h in neq[run].history]
+            r["probe_s"] = [h["probe_seconds"] for h in neq[run].history]
     if "random" in out and "neq" in out:
         out["random"]["flops_saved"] = out["neq"]["flops_saved"]
         out["random"]["frozen_fraction"] = out["neq"]["frozen_fraction"]
@@ -440,7 +444,7 @@ def _print_table(results):
     print(
         f"{'model/seed':<20} {'run':<13} {'test acc':>8} {'bp FLOPs':>8} "
         f"{'frozen':>7} {'wall s':>7} {'x base':>7} {'cpu s':>7} "
-        f"{'x base':>7} {'skip ep':>7}"
+        f"{'x base':>7} {'skip ep':>7} {'probe s/ep':>10}"
     )
     goals = []
     for key, out in results.items():
@@ -456,7 +460,12 @@ def _print_table(results):
                 f"{flops:>8.3f} {frozen:>7.3f} {r['time_s']:>7.1f} "
                 f"{r['time_s'] / base['time_s']:>7.3f} {r['cpu_s']:>7.1f} "
                 f"{r['cpu_s'] / base['cpu_s']:>7.3f} "
-                f"{r.get('skipped_epochs', '-'):>7}"
+                f"{r.get('skipped_epochs', '-'):>7} "
+                + (
+                    f"{np.mean(r['probe_s']):>10.3f}"
+                    if "probe_s" in r
+                    else f"{'-':>10}"
+                )
             )
         for run in [r for r in RUNS if r.startswith("neq") and r in out]:
             goals += _goals(f"{key} {run}", out[run], base, out.get("random"))

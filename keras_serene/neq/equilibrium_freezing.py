@@ -29,6 +29,8 @@ layer whole once that fraction of its neurons is at equilibrium, which
 turns a mostly settled layer into a skipped one.
 """
 
+import time
+
 import keras
 import numpy as np
 
@@ -74,7 +76,8 @@ class EquilibriumFreezing(keras.callbacks.Callback):
     `backup_dir`).
 
     After each epoch, `history` (one dict per epoch: `frozen_fraction`,
-    `backprop_flops_saved`, `skipped` layers, `frozen` count per layer),
+    `backprop_flops_saved`, `skipped` layers, `frozen` count per layer,
+    `probe_seconds`: the wall time of the probe, NEq's own cost),
     `layer_stats` (per layer: `neurons`, `frozen`, `backprop_flops`,
     `skipped`), `frozen` and `velocity` (per layer arrays, the decision for
     the next epoch) describe the state. Memory: the previous epoch's outputs
@@ -240,7 +243,9 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         frozen_fraction, flops_saved = self._write_stats(epoch, skipped)
         logs["frozen_fraction"] = frozen_fraction
         logs["backprop_flops_saved"] = flops_saved
+        start = time.perf_counter()
         phis = self._probe.run(compare=True)
+        self.history[-1]["probe_seconds"] = time.perf_counter() - start
         for record, phi_now in zip(self._records, phis):
             dphi = eq.delta_phi(phi_now, record.phi)
             record.velocity, record.state = eq.velocity_step(

@@ -179,6 +179,7 @@ def test_warm_up_then_every_watched_neuron_frozen_and_flops_by_hand():
     }
     assert [h["epoch"] for h in neq.history] == [1, 2, 3]
     assert neq.history[1]["frozen"] == {"conv": 3}
+    assert all(h["probe_seconds"] > 0 for h in neq.history)
     # Only the previous outputs are kept: 64 samples x 4x4x3 float32.
     assert neq.stored_bytes == 64 * 48 * 4
     # The last decision stays readable after fit cleared the masks.
@@ -518,7 +519,16 @@ def test_backup_and_restore_resumes_bit_identical(tmp_path, kill):
     resumed.fit(x, y, callbacks=[backup, neq_resumed], **kwargs)
     for a, b in zip(reference.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert json.dumps(neq_resumed.history) == json.dumps(neq.history)
+
+    def decisions(history):  # the probe's timing differs between runs
+        return json.dumps(
+            [
+                {k: v for k, v in h.items() if k != "probe_seconds"}
+                for h in history
+            ]
+        )
+
+    assert decisions(neq_resumed.history) == decisions(neq.history)
     assert not harness.state_files(directory, "equilibrium_freezing")
 
 
