@@ -179,7 +179,9 @@ def test_warm_up_then_every_watched_neuron_frozen_and_flops_by_hand():
     }
     assert [h["epoch"] for h in neq.history] == [1, 2, 3]
     assert neq.history[1]["frozen"] == {"conv": 3}
-    assert all(h["probe_seconds"] > 0 for h in neq.history)
+    # NEq's own cost is reported per epoch (a duration: its value is not
+    # checked here; benchmarks/neq.py reads it).
+    assert all(isinstance(h["probe_seconds"], float) for h in neq.history)
     # Only the previous outputs are kept: 64 samples x 4x4x3 float32.
     assert neq.stored_bytes == 64 * 48 * 4
     # The last decision stays readable after fit cleared the masks.
