@@ -15,6 +15,14 @@ from keras_serene.core import masking as masks_lib
 from keras_serene.core.masking_optimizer import MaskingOptimizer
 
 DEAD = 2  # conv channel built dead (zero kernel, bias -10 before the ReLU)
+HISTORY_FIELDS = {
+    "epoch",
+    "frozen_fraction",
+    "backprop_flops_saved",
+    "skipped",
+    "frozen",
+    "probe_seconds",
+}
 
 
 def _data(n=64, seed=0):
@@ -179,9 +187,9 @@ def test_warm_up_then_every_watched_neuron_frozen_and_flops_by_hand():
     }
     assert [h["epoch"] for h in neq.history] == [1, 2, 3]
     assert neq.history[1]["frozen"] == {"conv": 3}
-    # NEq's own cost is reported per epoch (a duration: its value is not
-    # checked here; benchmarks/neq.py reads it).
-    assert all(isinstance(h["probe_seconds"], float) for h in neq.history)
+    # Every epoch's record has the same fields (the probe's duration among
+    # them: benchmarks/neq.py reads it; its value is not a test's business).
+    assert all(set(h) == HISTORY_FIELDS for h in neq.history)
     # Only the previous outputs are kept: 64 samples x 4x4x3 float32.
     assert neq.stored_bytes == 64 * 48 * 4
     # The last decision stays readable after fit cleared the masks.
