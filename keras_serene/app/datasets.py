@@ -54,6 +54,7 @@ def read_idx(path):
 
 
 def _find_idx(data_dir, stem):
+    data_dir = DEFAULT_FASHION_MNIST_DIR if data_dir is None else data_dir
     for name in (stem, stem + ".gz"):
         path = os.path.join(data_dir, name)
         if os.path.exists(path):
@@ -66,7 +67,8 @@ def load_fashion_mnist(data_dir=DEFAULT_FASHION_MNIST_DIR, allow_download=True):
 
     Args:
         data_dir: String. Folder holding the four IDX files (plain or
-            `.gz`). Defaults to Debian's `/usr/share/datasets/fashion-mnist`.
+            `.gz`). `None` or omitted: Debian's
+            `/usr/share/datasets/fashion-mnist`.
         allow_download: Bool. When the files are missing, fall back to
             `keras.datasets.fashion_mnist` (needs the network). Defaults to
             `True`.
