@@ -308,7 +308,7 @@ def main(args, load, meta):
 
     os.makedirs(args.out, exist_ok=True)
     out_path = os.path.join(args.out, "results_budgeted.json")
-    seeds = list(range(args.seeds))
+    seeds = list(args.seeds)
     epochs = args.epochs or (2 if args.quick else EPOCHS)
     meta = {**meta, "epochs": epochs}
     with tempfile.TemporaryDirectory() as workdir:

@@ -70,6 +70,13 @@ LEARNING_RATE = 0.1
 DECAY = 1e-3
 
 
+def _seeds(text):
+    """`"3"` -> [0, 1, 2]; `"1,2"` -> [1, 2]; `"2,"` -> [2]."""
+    if "," in text:
+        return [int(t) for t in text.split(",") if t]
+    return list(range(int(text)))
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="lenet300,lenet5")
@@ -102,7 +109,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--full", action="store_true", help="budgeted: the whole grid"
     )
-    parser.add_argument("--seeds", type=int, default=3, help="budgeted seeds")
+    parser.add_argument(
+        "--seeds",
+        type=_seeds,
+        default="3",
+        help="budgeted seeds: a count N (seeds 0..N-1) or a list: 1,2 "
+        "(2, alone: seed 2)",
+    )
     parser.add_argument(
         "--rows",
         default=None,

@@ -215,7 +215,9 @@ CASES = [
     (
         "tflite-sparse-int8",
         lambda: ks.to_tflite(
-            _sparse_mlp(), sparse=True, quantization="int8",
+            _sparse_mlp(),
+            sparse=True,
+            quantization="int8",
             representative_data=np.random.default_rng(0).random((32, 64)),
         ),  # fmt: skip
         ValueError,
