@@ -18,7 +18,9 @@ Row names (`--rows`):
   the epochs instead of the default 70%;
 - `scratchNN`: the narrow network `stNN-mag` slims to (every hidden width
   times 1 - NN%), trained from scratch in the same budget: what the
-  capacity alone gives, without pruning.
+  capacity alone gives, without pruning; `scratch-W1-W2-...` trains the
+  hidden widths given (`scratch-10-24-80`: the widths another row slimmed
+  to).
 
 Rows run in the order given, seed by seed; `results_budgeted.json` is
 rewritten after every run, so an interrupted run keeps what it measured.
@@ -64,6 +66,9 @@ def parse_row(name):
         return "dense", None, None, 0.0
     if name.startswith("tfmot"):
         return "tfmot", int(name[5:]) / 100, None, 0.0
+    if name.startswith("scratch-"):
+        widths = tuple(int(w) for w in name[8:].split("-"))
+        return "scratch", widths, None, 0.0
     if name.startswith("scratch"):
         return "scratch", int(name[7:]) / 100, None, 0.0
     decay = 0.0 if name.endswith("-nd") else DECAY
@@ -103,7 +108,7 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
         return _tfmot(model, model_name, target, data, seed, workdir, epochs)
     callbacks = []
     if kind == "scratch":
-        model = narrow(model, 1 - target)
+        model = narrow(model, target)
         kind = "dense"
     if kind == "dense":
         compile_classifier(model, sgd)
@@ -143,17 +148,32 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
     return model, seconds, extra
 
 
-def narrow(model, keep):
-    """The same architecture with every hidden Dense/Conv width times
-    `keep` (rounded, at least 1); the output layer keeps its width."""
+def narrow(model, removed):
+    """The same architecture with narrower hidden Dense/Conv layers: every
+    width times `1 - removed` (rounded, at least 1), or, `removed` a tuple,
+    these widths in layer order; the output layer keeps its width."""
     config = model.get_config()
     last = config["layers"][-1]["name"]
+    hidden = [
+        layer
+        for layer in config["layers"]
+        if layer["name"] != last
+        and ({"units", "filters"} & set(layer["config"]))
+    ]
+    if isinstance(removed, tuple) and len(removed) != len(hidden):
+        raise ValueError(
+            f"scratch widths {removed} do not match the {len(hidden)} hidden "
+            f"layers {[layer['name'] for layer in hidden]}"
+        )
     for layer in config["layers"]:
         layer.pop("build_config", None)  # Input shapes change: rebuild.
+    for i, layer in enumerate(hidden):
         inner = layer["config"]
-        for key in ("units", "filters"):
-            if key in inner and layer["name"] != last:
-                inner[key] = max(1, int(round(inner[key] * keep)))
+        key = "units" if "units" in inner else "filters"
+        if isinstance(removed, tuple):
+            inner[key] = removed[i]
+        else:
+            inner[key] = max(1, int(round(inner[key] * (1 - removed))))
     return keras.Model.from_config(config)
 
 

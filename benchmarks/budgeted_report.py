@@ -303,7 +303,8 @@ def section(saved, out):
         "ranked across layers; `serene`: "
         "SeReNe's neuron sensitivity rescaled per layer); `st80-mag-nd` is "
         "the L2-norm, no-decay baseline; `scratchNN` is the narrow network "
-        "`stNN-mag` slims to, trained from scratch (no pruning); a `@PP` "
+        "`stNN-mag` slims to, trained from scratch (no pruning), "
+        "`scratch-W1-W2-...` the hidden widths given; a `@PP` "
         "suffix ends the ramp at PP% of the epochs (default 70%).",
         "",
     ]
