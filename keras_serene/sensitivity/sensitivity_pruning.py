@@ -116,7 +116,9 @@ class SensitivityPruning(
             magnitude),
             `"taylor"` (ours: |w|·LOBSTER's S), `"taylor_global"`
             (structured: Molchanov et al.'s group Taylor importance
-            `(sum w dL/dw)^2`, ranked across layers) or `"serene"`
+            `(sum w dL/dw)^2`, ranked across layers; it beat equal
+            fractions on a CNN's channels, see `pruning_criteria`) or
+            `"serene"`
             (SeReNe's neuron S, rescaled per layer as NeuronLOBSTER's
             `rescaled`); the last three read `validation_data`. Defaults
             to `"magnitude"`.
