@@ -108,7 +108,11 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
         return _tfmot(model, model_name, target, data, seed, workdir, epochs)
     callbacks = []
     if kind == "scratch":
-        model = narrow(model, target)
+        model = (
+            narrow(model, widths=target)
+            if isinstance(target, tuple)
+            else narrow(model, removed=target)
+        )
         kind = "dense"
     if kind == "dense":
         compile_classifier(model, sgd)
@@ -148,10 +152,10 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
     return model, seconds, extra
 
 
-def narrow(model, removed):
+def narrow(model, removed=0.0, widths=None):
     """The same architecture with narrower hidden Dense/Conv layers: every
-    width times `1 - removed` (rounded, at least 1), or, `removed` a tuple,
-    these widths in layer order; the output layer keeps its width."""
+    width times `1 - removed` (rounded, at least 1), or the `widths` given,
+    in layer order; the output layer keeps its width."""
     config = model.get_config()
     last = config["layers"][-1]["name"]
     hidden = [
@@ -160,9 +164,9 @@ def narrow(model, removed):
         if layer["name"] != last
         and ({"units", "filters"} & set(layer["config"]))
     ]
-    if isinstance(removed, tuple) and len(removed) != len(hidden):
+    if widths is not None and len(widths) != len(hidden):
         raise ValueError(
-            f"scratch widths {removed} do not match the {len(hidden)} hidden "
+            f"scratch widths {widths} do not match the {len(hidden)} hidden "
             f"layers {[layer['name'] for layer in hidden]}"
         )
     for layer in config["layers"]:
@@ -170,8 +174,8 @@ def narrow(model, removed):
     for i, layer in enumerate(hidden):
         inner = layer["config"]
         key = "units" if "units" in inner else "filters"
-        if isinstance(removed, tuple):
-            inner[key] = removed[i]
+        if widths is not None:
+            inner[key] = widths[i]
         else:
             inner[key] = max(1, int(round(inner[key] * (1 - removed))))
     return keras.Model.from_config(config)
