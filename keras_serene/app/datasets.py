@@ -53,8 +53,11 @@ def read_idx(path):
     return array.reshape(shape)
 
 
+def _folder(data_dir):
+    return DEFAULT_FASHION_MNIST_DIR if data_dir is None else data_dir
+
+
 def _find_idx(data_dir, stem):
-    data_dir = DEFAULT_FASHION_MNIST_DIR if data_dir is None else data_dir
     for name in (stem, stem + ".gz"):
         path = os.path.join(data_dir, name)
         if os.path.exists(path):
@@ -73,6 +76,7 @@ def load_fashion_mnist(data_dir=DEFAULT_FASHION_MNIST_DIR, allow_download=True):
             `keras.datasets.fashion_mnist` (needs the network). Defaults to
             `True`.
     """
+    data_dir = _folder(data_dir)
     paths = {key: _find_idx(data_dir, stem) for key, stem in _IDX_FILES.items()}
     if all(paths.values()):
         arrays = {key: read_idx(path) for key, path in paths.items()}
@@ -96,6 +100,7 @@ def load_fashion_mnist(data_dir=DEFAULT_FASHION_MNIST_DIR, allow_download=True):
 
 def fashion_mnist_available(data_dir=DEFAULT_FASHION_MNIST_DIR):
     """True when the Fashion-MNIST IDX files are on disk."""
+    data_dir = _folder(data_dir)
     return all(_find_idx(data_dir, stem) for stem in _IDX_FILES.values())
 
 
