@@ -15,7 +15,8 @@ Row names (`--rows`):
   ours, `structured=True`, NN% of the prunable neurons / channels removed;
   `-nd` without decay (`st80-mag-nd` is the L2-norm no-decay baseline);
 - a `@PP` suffix on any of ours (`st80-mag-nd@50`) ends the ramp at PP% of
-  the epochs instead of the default 70%;
+  the epochs instead of the default 70%; `@BB-PP` also starts it at BB%
+  instead of 0 (`st80-tglobal-nd@5-50`: from epoch 1 to epoch 10 of 20);
 - `scratchNN`: the narrow network `stNN-mag` slims to (every hidden width
   times 1 - NN%), trained from scratch in the same budget: what the
   capacity alone gives, without pruning; `scratch-W1-W2-...` trains the
@@ -54,9 +55,13 @@ CRITERIA = {
 }
 
 
-def end_fraction(name):
-    """Where the ramp ends, as a fraction of the epochs (`@PP`), or None."""
-    return int(name.split("@")[1]) / 100 if "@" in name else None
+def ramp_window(name):
+    """`(begin, end)` of the ramp as fractions of the epochs (`@BB-PP`,
+    `@PP`); `(0.0, None)` without a suffix (None: the default end)."""
+    if "@" not in name:
+        return 0.0, None
+    window = [int(p) / 100 for p in name.split("@")[1].split("-")]
+    return (0.0, window[0]) if len(window) == 1 else tuple(window)
 
 
 def parse_row(name):
@@ -119,14 +124,14 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
     else:
         compile_classifier(model, ks.SensitivityOptimizer(sgd, decay=decay))
         split = int(0.9 * len(x))
+        begin, end = ramp_window(row)
         callbacks.append(
             ks.callbacks.SensitivityPruning(
                 target_sparsity=target,
                 structured=kind == "structured",
                 criterion=criterion,
-                end_epoch=None
-                if end_fraction(row) is None
-                else end_fraction(row) * epochs,
+                begin_epoch=begin * epochs,
+                end_epoch=None if end is None else end * epochs,
                 validation_data=(x[split:], y[split:]),
                 verbose=0,
             )

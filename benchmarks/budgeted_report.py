@@ -305,7 +305,8 @@ def section(saved, out):
         "the L2-norm, no-decay baseline; `scratchNN` is the narrow network "
         "`stNN-mag` slims to, trained from scratch (no pruning), "
         "`scratch-W1-W2-...` the hidden widths given; a `@PP` "
-        "suffix ends the ramp at PP% of the epochs (default 70%).",
+        "suffix ends the ramp at PP% of the epochs (default 70%), `@BB-PP` "
+        "also starts it at BB% (default 0).",
         "",
     ]
     for note in meta.get("notes", []):
