@@ -161,13 +161,20 @@ class ChannelPruner:
         return out
 
     def scores(self, criterion, statistics):
-        """Per group, the criterion's score of each channel."""
+        """Per group, the criterion's score of each channel.
+
+        `"taylor_global"`: `statistics` is the iterable of per-slice
+        gradients (`pruning_criteria.batch_gradients`); each slice's group
+        importance is squared, then averaged over the slices.
+        """
+        if criterion == "taylor_global":
+            return self._taylor_scores(statistics)
         out = []
         for group in self.groups:
             slices = []
             for s in group.kernels:
                 value = s.take(s.variable.numpy())
-                if criterion in ("taylor", "taylor_global"):
+                if criterion == "taylor":
                     value = value * s.take(statistics[id(s.variable)])
                 slices.append(value)
             if criterion == "magnitude_group":
@@ -178,6 +185,24 @@ class ChannelPruner:
                 )
             )
         return out
+
+    def _taylor_scores(self, per_slice):
+        values = [
+            [s.take(s.variable.numpy()) for s in g.kernels] for g in self.groups
+        ]
+        totals = [np.zeros(g.size) for g in self.groups]
+        count = 0
+        for grads in per_slice:
+            count += 1
+            for total, group, kernels in zip(totals, self.groups, values):
+                slices = [
+                    value * s.take(grads[id(s.variable)])
+                    for s, value in zip(group.kernels, kernels)
+                ]
+                total += pruning_criteria.channel_scores(
+                    "taylor_global", slices, None, group.biases
+                )
+        return [total / max(1, count) for total in totals]
 
     def prune_to(self, fraction, criterion, statistics=None):
         """Removes channels until `round(fraction * total)` are gone.

@@ -68,21 +68,22 @@ class BudgetPruningMixin:
         fraction = self.ramp.sparsity(step)
         if fraction <= 0:
             return
-        if self._batches is not None:
+        statistics = self._statistics
+        if self.criterion in criteria.FRESH_CRITERIA:
+            statistics = criteria.batch_gradients(
+                self._net, self._batches, self.model
+            )
+        elif self._batches is not None:
             new = criteria.gradient_statistics(
                 self._net, self._batches, self.criterion, self.model
             )
-            if (
-                self._statistics is None
-                or self.criterion in criteria.FRESH_CRITERIA
-            ):
-                self._statistics = new
-            else:
+            if self._statistics is not None:
                 for key, value in new.items():
-                    self._statistics[key] = self._statistics[key] + value
+                    new[key] = self._statistics[key] + value
+            self._statistics = statistics = new
         if self._channels is not None:
             count = self._channels.prune_to(
-                fraction, self.criterion, self._statistics
+                fraction, self.criterion, statistics
             )
         else:
             variables = self._variables()
@@ -91,7 +92,7 @@ class BudgetPruningMixin:
                 self.criterion,
                 variables,
                 values,
-                self._statistics,
+                statistics,
                 self._neuron_of,
             )
             count, self.threshold = budget_pruning.prune_entries(

@@ -113,9 +113,43 @@ def test_taylor_global_scores_channels_with_signed_gradients():
     pruner = budget_pruning.ChannelPruner(model, opt, ks.slimming_plan(model))
     grads = {id(first.kernel): np.array([[0.5, 0.1, -1.0], [0.5, 0.1, 1.0]])}
     grads[id(first.bias)] = np.zeros(3)
-    (scores,) = pruner.scores("taylor_global", grads)
+    (scores,) = pruner.scores("taylor_global", [grads])
     # Per neuron: (1*0.5 - 1*0.5)^2 = 0, (0.2 + 0.1)^2, (-0.5 + 0.5)^2 = 0.
     np.testing.assert_allclose(scores, [0.0, 0.09, 0.0], atol=1e-7)
+
+
+def test_taylor_global_squares_each_slice_before_averaging():
+    model, opt = _tiny()
+    first, _ = model.layers
+    first.kernel.assign([[1.0, 2.0, 0.5], [-1.0, 1.0, 0.5]])
+    pruner = budget_pruning.ChannelPruner(model, opt, ks.slimming_plan(model))
+    # Two slices whose gradients cancel in their mean: Molchanov et al.
+    # average the squares, (0.3^2 + 0.3^2) / 2 for neuron 1, not 0.
+    up = {id(first.kernel): np.array([[0.0, 0.1, 0.2], [0.0, 0.1, 0.0]])}
+    down = {key: -value for key, value in up.items()}
+    for found in (up, down):
+        found[id(first.bias)] = np.zeros(3)
+    (scores,) = pruner.scores("taylor_global", iter([up, down]))
+    np.testing.assert_allclose(scores, [0.0, 0.09, 0.01], atol=1e-7)
+
+
+def test_batch_gradients_yield_one_slice_per_size_samples():
+    model, _ = _tiny()
+    x = np.arange(20, dtype="float32").reshape(10, 2)
+    y = np.ones((10, 2), "float32")
+    batches = pruning_criteria.sample_batches((x, y))
+    slices = list(pruning_criteria.batch_gradients(model, batches, size=4))
+    assert len(slices) == 3  # 4 + 4 + 2 samples.
+    first = model.layers[0].kernel
+    mean = pruning_criteria.gradient_statistics(model, batches, "taylor")
+    # One 10-sample batch: "taylor" is |dL/dw| of it; the slices' weighted
+    # mean of signed gradients (mse averages per sample) gives it back.
+    weighted = (
+        4 * slices[0][id(first)]
+        + 4 * slices[1][id(first)]
+        + 2 * slices[2][id(first)]
+    ) / 10
+    np.testing.assert_allclose(np.abs(weighted), mean[id(first)], rtol=1e-5)
 
 
 def test_group_magnitude_counts_the_consuming_weights():
