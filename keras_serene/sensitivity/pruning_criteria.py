@@ -135,12 +135,12 @@ def _absolute(found):
 
 
 def _mean(dicts):
-    """The key-wise mean of an iterable of `{key: array}` dicts."""
+    """The key-wise float64 mean of an iterable of `{key: array}` dicts."""
     totals, count = {}, 0
     for found in dicts:
         count += 1
         for key, value in found.items():
-            totals[key] = totals.get(key, 0.0) + value
+            totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64)
     return {key: total / max(1, count) for key, total in totals.items()}
 
 
