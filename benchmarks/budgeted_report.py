@@ -196,7 +196,7 @@ def goals(agg, latency=None):
                 f"- (c) structured LeNet-5, 80% of conv channels and fc units: "
                 f"**{'met' if gap <= 0.005 else 'not met'}**: `{best}` "
                 f"{r5[best]['accuracy']:.4f} vs dense "
-                f"{r5['dense']['accuracy']:.4f} ({gap * 100:+.2f} points "
+                f"{r5['dense']['accuracy']:.4f} ({gap * 100:.2f} points "
                 f"below), {len(r5[best]['seeds'])} seed(s), "
                 f"{r5['dense']['train_size']:,} training images."
             )

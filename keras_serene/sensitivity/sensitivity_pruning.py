@@ -116,7 +116,8 @@ class SensitivityPruning(
             magnitude),
             `"taylor"` (ours: |w|·LOBSTER's S), `"taylor_global"`
             (structured: Molchanov et al.'s group Taylor importance
-            `(sum w dL/dw)^2`, ranked across layers; it beat equal
+            `(sum w dL/dw)^2` per 64-sample slice, averaged, ranked across
+            layers; it beat equal
             fractions on a CNN's channels, see `pruning_criteria`) or
             `"serene"`
             (SeReNe's neuron S, rescaled per layer as NeuronLOBSTER's
