@@ -149,11 +149,12 @@ def batch_gradients(model, batches, compiled=None, size=TAYLOR_BATCH_SIZE):
     """Yields `{id(variable): signed dL/dw}` for each `size`-sample slice of
     the batches, one slice at a time (memory: one model's gradients).
 
-    `"taylor_global"`'s data: Molchanov et al. (arXiv 1906.10771, Sec. 3.2)
-    compute the group importance on each minibatch and average it over the
-    minibatches, so it is squared per slice, not after averaging (a mean
-    gradient tends to zero as training converges; the average of squares
-    keeps its variance). `compiled` as in `gradient_statistics`.
+    `"taylor_global"`'s data: Molchanov et al.'s code (arXiv 1906.10771;
+    `NVlabs/Taylor_pruning`, `pruning_engine.py`) computes the group
+    importance on each minibatch and averages it over the minibatches, so
+    it is squared per slice, not after averaging (a mean gradient tends to
+    zero as training converges; the average of squares keeps its variance).
+    `compiled` as in `gradient_statistics`.
     """
     slices = []
     for x, y in batches:
