@@ -116,6 +116,38 @@ def test_structured_mlp_removes_exactly_the_fraction_and_slims(digits):
     )
 
 
+def test_structured_and_unstructured_in_one_fit(digits):
+    """Two callbacks on one optimizer's masks: neurons go, then zeros
+    inside the kept ones; the slim model keeps the structured widths."""
+    x, y, x_test, _ = digits
+    model = _mlp()
+    neurons = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.75, structured=True, verbose=0
+    )
+    entries = ks.callbacks.SensitivityPruning(target_sparsity=0.9, verbose=0)
+    logs = _fit(model, x, y, neurons, epochs=4, callbacks=[entries])
+    assert logs["removed_neurons"][-1] >= 36 / 48
+    opt = masks.mask_optimizer(model)
+    variables = entries._variables()
+    pruned = sum(int(masks.pruned(opt, v).sum()) for v in variables)
+    total = sum(int(np.prod(v.shape)) for v in variables)
+    assert pruned == round(0.9 * total)
+    first = model.layers[1]
+    alive = ~np.all(first.kernel.numpy() == 0, axis=0)
+    assert np.any(first.kernel.numpy()[:, alive] == 0)  # Zeros inside.
+    slim = ks.slim(ks.strip_masks(model))
+    widths = [
+        layer.units for layer in slim.layers
+        if isinstance(layer, keras.layers.Dense)
+    ]  # fmt: skip
+    assert widths[0] == alive.sum() <= 8 and widths[-1] == 10
+    np.testing.assert_allclose(
+        slim.predict(x_test, verbose=0),
+        model.predict(x_test, verbose=0),
+        atol=1e-4,
+    )
+
+
 def test_structured_cnn_with_batch_norm_slims_with_equal_outputs(digits):
     x, y, x_test, _ = digits
     model = _cnn()
