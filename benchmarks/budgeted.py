@@ -17,6 +17,10 @@ Row names (`--rows`):
 - a `@PP` suffix on any of ours (`st80-mag-nd@50`) ends the ramp at PP% of
   the epochs instead of the default 70%; `@BB-PP` also starts it at BB%
   instead of 0 (`st80-tglobal-nd@5-50`: from epoch 1 to epoch 10 of 20);
+- a `+CRITNN` suffix on a structured row (`st80-mag-nd+mag95`) adds a
+  second, unstructured `SensitivityPruning(target_sparsity=0.NN)` to the
+  same fit, on the same ramp: zeros inside the neurons the first keeps (the
+  slim widths are the structured row's);
 - `scratchNN`: the narrow network `stNN-mag` slims to (every hidden width
   times 1 - NN%), trained from scratch in the same budget: what the
   capacity alone gives, without pruning; `scratch-W1-W2-...` trains the
@@ -64,9 +68,22 @@ def ramp_window(name):
     return (0.0, window[0]) if len(window) == 1 else tuple(window)
 
 
+def inner_sparsity(name):
+    """`(target, criterion)` of a `+CRITNN` suffix, or None."""
+    if "+" not in name:
+        return None
+    kind, target, criterion, _ = parse_row(name.split("@")[0].split("+")[1])
+    if kind != "unstructured" or not parse_row(name)[0] == "structured":
+        raise ValueError(
+            f"budgeted row {name!r}: `+` adds an unstructured row (`mag95`) "
+            "to a structured one (`st80-mag-nd`)"
+        )
+    return target, criterion
+
+
 def parse_row(name):
     """`(kind, target, criterion, decay)` of a row name."""
-    name = name.split("@")[0]
+    name = name.split("@")[0].split("+")[0]
     if name == "dense":
         return "dense", None, None, 0.0
     if name.startswith("tfmot"):
@@ -125,17 +142,22 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
         compile_classifier(model, ks.SensitivityOptimizer(sgd, decay=decay))
         split = int(0.9 * len(x))
         begin, end = ramp_window(row)
-        callbacks.append(
-            ks.callbacks.SensitivityPruning(
-                target_sparsity=target,
-                structured=kind == "structured",
-                criterion=criterion,
-                begin_epoch=begin * epochs,
-                end_epoch=None if end is None else end * epochs,
-                validation_data=(x[split:], y[split:]),
-                verbose=0,
+        inner = inner_sparsity(row)
+        for structured, sparsity, ranking in (
+            (kind == "structured", target, criterion),
+            *([(False, *inner)] if inner else []),
+        ):
+            callbacks.append(
+                ks.callbacks.SensitivityPruning(
+                    target_sparsity=sparsity,
+                    structured=structured,
+                    criterion=ranking,
+                    begin_epoch=begin * epochs,
+                    end_epoch=None if end is None else end * epochs,
+                    validation_data=(x[split:], y[split:]),
+                    verbose=0,
+                )
             )
-        )
     start = time.perf_counter()
     history = model.fit(
         x,
