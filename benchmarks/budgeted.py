@@ -73,7 +73,7 @@ def inner_sparsity(name):
     if "+" not in name:
         return None
     kind, target, criterion, _ = parse_row(name.split("@")[0].split("+")[1])
-    if kind != "unstructured" or not parse_row(name)[0] == "structured":
+    if kind != "unstructured" or parse_row(name)[0] != "structured":
         raise ValueError(
             f"budgeted row {name!r}: `+` adds an unstructured row (`mag95`) "
             "to a structured one (`st80-mag-nd`)"

@@ -5,9 +5,9 @@ at tfmot 98%'s accuracy. `st80-mag-nd` (`budgeted.py`, the library's
 `SensitivityPruning(target_sparsity=0.8, structured=True)`) comes within
 0.13 points and no criterion of the library does better. This script asks
 whether a variant the library does *not* offer would: same data, model,
-optimizer, budget and cubic ramp (Zhu & Gupta, arXiv 1710.01878, Eq. 1, to
-70% of the steps, four pruning steps per epoch), per-layer equal fractions
-unless said otherwise:
+optimizer, budget and cubic ramp (Zhu & Gupta, arXiv 1710.01878, Eq. 1;
+the library's `PolynomialRamp`), to 70% of the steps, four pruning steps
+per epoch, per-layer equal fractions unless said otherwise:
 
 - `hard`: the library's rule (a removed neuron stays removed): the control;
 - `regrow`: soft filter pruning (He et al., IJCAI 2018, arXiv 1808.06866):
@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 
 from keras_serene.app import datasets  # noqa: E402
 from keras_serene.app import zoo  # noqa: E402
+from keras_serene.sensitivity.budget_schedule import PolynomialRamp  # noqa: E402
 
 EPOCHS, BATCH_SIZE, LEARNING_RATE, MOMENTUM = 20, 100, 0.05, 0.9
 TARGET, RAMP_END, FREQUENCY = 0.8, 0.7, 4
@@ -54,11 +55,6 @@ VARIANTS = (
     "within90",
     "within95",
 )
-
-
-def cubic(step, end, final):
-    """Zhu & Gupta's ramp from 0 to `final` at `end` (then flat)."""
-    return final * (1 - (1 - min(step, end) / end) ** 3)
 
 
 class MaskedKernels:
@@ -94,7 +90,11 @@ class VariantPruning(keras.callbacks.Callback):
         super().__init__()
         self.variant = variant
         self.hidden, self.following, self.kernels = hidden, following, kernels
-        self.end, self.every, self.step = end, every, 0
+        self.ramp = PolynomialRamp(TARGET, 0, end, every)
+        self.inner = None
+        if variant.startswith("within"):
+            self.inner = PolynomialRamp(int(variant[6:]) / 100, 0, end, every)
+        self.step = 0
         self.removed = {
             layer.name: np.zeros(layer.units, bool) for layer in hidden
         }
@@ -104,10 +104,10 @@ class VariantPruning(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         step = self.step
-        if step > self.end or (step % self.every and step != self.end):
+        if not self.ramp.is_pruning_step(step):
             return
-        final = step == self.end
-        fraction = cubic(step, self.end, TARGET)
+        final = step == self.ramp.end_step
+        fraction = self.ramp.sparsity(step)
         soft = self.variant.startswith("regrow") and not final
         for i, layer in enumerate(self.hidden):
             removed = self.removed[layer.name]
@@ -127,8 +127,8 @@ class VariantPruning(keras.callbacks.Callback):
             where = np.broadcast_to(chosen, layer.kernel.shape)
             self.kernels.zero(layer.name, where, hold=not soft)
             self.removed[layer.name] = chosen
-        if self.variant.startswith("within"):
-            self._entries(cubic(step, self.end, int(self.variant[6:]) / 100))
+        if self.inner is not None:
+            self._entries(self.inner.sparsity(step))
 
     def _entries(self, fraction):
         """Global |w| ramp over every kernel entry (masked ones first)."""
