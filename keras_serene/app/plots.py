@@ -13,10 +13,11 @@ touched; pass `path=` to save a PNG, or call `fig.savefig` yourself.
   `.history` dict) against the epoch, grouped into panels: `val_x` goes with
   `x`, `a/b` with `a` (so `psp_entropy/conv1` and `psp_entropy/fc1` share a
   panel). Known keys come first, in this order: accuracy, loss, sparsity,
-  compression, pruning_threshold, alive_neurons, frozen_fraction,
-  psp_entropy (`scheduled_sparsity` shares the sparsity panel).
+  compression, pruning_threshold, alive_neurons, removed_neurons,
+  frozen_fraction, psp_entropy (`scheduled_sparsity` shares the sparsity panel,
+  `scheduled_removed_neurons` the `removed_neurons` one).
   `baseline=` overlays a dense run's history (dashed) on the panels they
-  share. Fractions (accuracy, sparsity, alive neurons, frozen
+  share. Fractions (accuracy, sparsity, alive and removed neurons, frozen
   fraction, when in [0, 1]) are drawn on percent axes.
 - `plot_accuracy_vs_compression(runs)` (in `keras_serene.app.tradeoff`,
   re-exported here): accuracy (percent) against the compression ratio, one
@@ -53,17 +54,28 @@ KNOWN_GROUPS = (
     "compression",
     "pruning_threshold",
     "alive_neurons",
+    "removed_neurons",
     "frozen_fraction",
     "psp_entropy",
 )
 #: Groups whose values are fractions: percent axes when within [0, 1].
-FRACTION_GROUPS = ("accuracy", "sparsity", "alive_neurons", "frozen_fraction")
+FRACTION_GROUPS = (
+    "accuracy",
+    "sparsity",
+    "alive_neurons",
+    "removed_neurons",
+    "frozen_fraction",
+)
 #: Keys drawn in another key's panel (the schedule beside what it reached).
-PANEL_OF = {"scheduled_sparsity": "sparsity"}
+PANEL_OF = {
+    "scheduled_sparsity": "sparsity",
+    "scheduled_removed_neurons": "removed_neurons",
+}
 #: Panel titles that say what the number is.
 TITLES = {
     "sparsity": "sparsity (weights at zero)",
     "alive_neurons": "alive neurons",
+    "removed_neurons": "removed neurons (structured)",
     "frozen_fraction": "frozen neurons",
 }
 

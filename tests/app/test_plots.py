@@ -233,3 +233,21 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"keras-serene\[plots\]"):
         plots.plot_psp_entropy(PSP_RESULT)
+
+
+def test_structured_schedule_shares_the_removed_neurons_panel():
+    history = {
+        "sparsity": [0.3, 0.9],
+        "scheduled_sparsity": [0.4, 0.9],
+        "removed_neurons": [0.2, 0.75],
+        "scheduled_removed_neurons": [0.25, 0.75],
+    }
+    sparsity, removed = plots.plot_history(history).axes[:2]
+    assert [line.get_label() for line in removed.get_lines()] == [
+        "removed_neurons",
+        "scheduled_removed_neurons",
+    ]
+    assert removed.get_title() == "removed neurons (structured)"
+    formatter = removed.yaxis.get_major_formatter()
+    assert formatter.__class__.__name__ == "PercentFormatter"
+    assert len(sparsity.get_lines()) == 2
