@@ -8,7 +8,12 @@ entry once pruned is never revived: sparsity never decreases.
 
 - `prune_entries`: one global ranking over every regularized entry (Zhu &
   Gupta, arXiv 1710.01878; LOBSTER's one global threshold, arXiv
-  2011.09905 Sec. 3.3): the `round(s * N)` lowest scores are zero.
+  2011.09905 Sec. 3.3): the `round(s * N)` lowest scores are zero. With
+  `block_size` > 1 (ours, after tfmot's `block_size`) the ranked unit is a
+  block of that many consecutive entries along a kernel's input axis (one
+  output's weights from neighbouring inputs: the 1x4 blocks LiteRT's sparse
+  FULLY_CONNECTED kernel runs fast), scored by its entries' mean score;
+  whole blocks go until at least `round(s * N)` entries are zero.
 - `ChannelPruner`: whole neurons and conv channels (SeReNe, arXiv
   2102.03773), counted over the free groups of `ks.slimming_plan` (not the
   model's inputs or outputs, nor pinned groups; a coupled residual group is
@@ -24,11 +29,14 @@ from keras_serene.core import masking as masks_lib
 from keras_serene.sensitivity import pruning_criteria
 
 
-def prune_entries(optimizer, variables, fraction, scores):
+def prune_entries(optimizer, variables, fraction, scores, block_size=1):
     """Zeroes and masks the `round(fraction * N)` lowest-scored entries.
 
     Entries already pruned count first (they stay pruned whatever their
-    score). Returns `(entries pruned in total, the highest score pruned)`.
+    score). With `block_size` > 1, whole blocks (`block_ids`) go, lowest
+    mean score first, until at least that many entries are zero; a block
+    with a pruned entry counts as pruned. Returns `(entries pruned in total,
+    the highest score pruned)`.
     """
     pruned = [masks_lib.pruned(optimizer, v).ravel() for v in variables]
     flat = np.concatenate([np.asarray(s, np.float64).ravel() for s in scores])
@@ -37,12 +45,18 @@ def prune_entries(optimizer, variables, fraction, scores):
     target = max(int(round(fraction * total)), int(forced.sum()))
     if target == 0:
         return 0, 0.0
-    flat = np.where(forced, -1.0, flat)
-    chosen = np.zeros(total, bool)
-    if target >= total:
-        chosen[:] = True
+    if block_size > 1:
+        chosen, cut = _choose_blocks(
+            variables, flat, forced, target, block_size
+        )
     else:
-        chosen[np.argpartition(flat, target - 1)[:target]] = True
+        flat = np.where(forced, -1.0, flat)
+        chosen = np.zeros(total, bool)
+        if target >= total:
+            chosen[:] = True
+        else:
+            chosen[np.argpartition(flat, target - 1)[:target]] = True
+        cut = float(np.max(flat[chosen]))
     offset = 0
     for variable, old in zip(variables, pruned):
         size = old.size
@@ -57,8 +71,43 @@ def prune_entries(optimizer, variables, fraction, scores):
             np.reshape(where, tuple(variable.shape)),
             zero=True,
         )
-    cut = float(np.max(flat[chosen])) if chosen.any() else 0.0
     return int(chosen.sum()), max(cut, 0.0)
+
+
+def block_ids(shape, block_size):
+    """Each entry's block: `block_size` consecutive indices along the input
+    axis (axis -2 of a kernel, e.g. Dense `(inputs, units)` or Conv `(kh,
+    kw, in, out)`; axis 0 of a vector), the last block of an axis shorter
+    when it does not divide. Returns `(ids of shape `shape`, block count)`."""
+    shape = tuple(int(d) for d in shape)
+    axis = len(shape) - 2 if len(shape) >= 2 else 0
+    blocked = list(shape)
+    blocked[axis] = -(-shape[axis] // block_size)
+    count = int(np.prod(blocked))
+    first = np.arange(count).reshape(blocked)
+    along = np.arange(shape[axis]) // block_size
+    return np.take(first, along, axis=axis), count
+
+
+def _choose_blocks(variables, flat, forced, target, block_size):
+    """The entries of the lowest-scored blocks covering `target` entries."""
+    ids, offset = [], 0
+    for variable in variables:
+        local, count = block_ids(variable.shape, block_size)
+        ids.append(local.ravel() + offset)
+        offset += count
+    ids = np.concatenate(ids)
+    sizes = np.bincount(ids, minlength=offset)
+    means = np.bincount(ids, weights=flat, minlength=offset) / sizes
+    held = np.bincount(ids, weights=forced, minlength=offset) > 0
+    means = np.where(held, -1.0, means)
+    order = np.argsort(means, kind="stable")
+    covered = np.cumsum(sizes[order])
+    last = min(int(np.searchsorted(covered, target)), offset - 1)
+    last = max(last, int(held.sum()) - 1)  # Every held block stays pruned.
+    chosen_blocks = np.zeros(offset, bool)
+    chosen_blocks[order[: last + 1]] = True
+    return chosen_blocks[ids], float(means[order[last]])
 
 
 def layer_paths(model, prefix=""):

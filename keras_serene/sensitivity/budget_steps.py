@@ -96,7 +96,7 @@ class BudgetPruningMixin:
                 self._neuron_of,
             )
             count, self.threshold = budget_pruning.prune_entries(
-                self.optimizer, variables, fraction, scores
+                self.optimizer, variables, fraction, scores, self.block_size
             )
         self.history.append(
             {"step": step, "scheduled": fraction, "pruned": count}

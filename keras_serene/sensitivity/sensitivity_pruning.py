@@ -17,6 +17,7 @@ all zero as a whole, bias included.
 """
 
 import numbers
+import re
 
 import keras
 import numpy as np
@@ -80,10 +81,13 @@ class SensitivityPruning(
     loss restores the last good weights and does not prune.
 
     Each epoch `logs` get (so `History`, `CSVLogger`, TensorBoard show them)
-    `sparsity` (fraction of regularized entries at zero),
+    `sparsity` (fraction of the entries it prunes at zero: the regularized
+    ones not in `exclude`),
     `pruning_threshold` (the last threshold or score cut), `alive_neurons`
     (fraction of neurons with a nonzero incoming weight) and, budgeted,
-    `scheduled_sparsity` (and `removed_neurons`, structured).
+    `scheduled_sparsity` (structured: `scheduled_removed_neurons` and
+    `removed_neurons`, so a structured and an unstructured callback in one
+    fit log their ramps apart).
 
     Example:
 
@@ -123,6 +127,19 @@ class SensitivityPruning(
             (SeReNe's neuron S, rescaled per layer as NeuronLOBSTER's
             `rescaled`); the last three read `validation_data`. Defaults
             to `"magnitude"`.
+        block_size: Int >= 1. Unstructured only: prune blocks of this many
+            consecutive entries along each kernel's input axis (one unit's
+            weights from neighbouring inputs), ranked by their entries'
+            mean score, so the target is met within a block. `4` gives the
+            1x4 blocks LiteRT's sparse FULLY_CONNECTED kernel runs fast
+            (`ks.to_tflite(..., sparse=True)`); ours, after tfmot's
+            `block_size`. Defaults to `1` (entries).
+        exclude: List of regex strings. Unstructured only: regularized
+            variables whose path matches one (`re.search`, as
+            `ks.SensitivityOptimizer`'s `exclude`) are not pruned by this
+            callback, nor counted in its target or its `sparsity` log
+            (`["bias", "predictions"]` prunes no bias and not the output
+            layer). Defaults to `None`.
         monitor: String. The loss the plateau schedule watches. Defaults to
             `"val_loss"`.
         patience: Int >= 1. Plateau patience in epochs (LOBSTER's `pwe`).
@@ -164,6 +181,8 @@ class SensitivityPruning(
         end_epoch=None,
         frequency=4,
         criterion="magnitude",
+        block_size=1,
+        exclude=None,
         monitor="val_loss",
         patience=20,
         tolerance=0.05,
@@ -187,6 +206,15 @@ class SensitivityPruning(
                 f"({begin_epoch}). Received end_epoch={end_epoch}"
             )
         _number("frequency", frequency, 1, integer=True)
+        _number("block_size", block_size, 1, integer=True)
+        if block_size > 1 and (target_sparsity is None or structured):
+            raise ValueError(
+                "SensitivityPruning: `block_size` > 1 applies to the "
+                "budgeted, unstructured schedule (pass `target_sparsity=` "
+                "and leave `structured` off). Received "
+                f"block_size={block_size}, target_sparsity={target_sparsity}"
+                f", structured={structured}"
+            )
         _number("patience", patience, 1, integer=True)
         _number("tolerance", tolerance, 0)
         _number("plateau_tolerance", plateau_tolerance, -1)
@@ -224,6 +252,23 @@ class SensitivityPruning(
         self.begin_epoch = begin_epoch
         self.end_epoch = end_epoch
         self.frequency = int(frequency)
+        self.block_size = int(block_size)
+        if exclude is None:
+            exclude = []
+        if isinstance(exclude, str) or not all(
+            isinstance(p, str) for p in exclude
+        ):
+            raise TypeError(
+                "SensitivityPruning: `exclude` must be a list of regex "
+                f"strings. Received exclude={exclude!r}"
+            )
+        if exclude and structured:
+            raise ValueError(
+                "SensitivityPruning: `exclude` selects entries to prune; "
+                "structured pruning takes its groups from `ks.slimming_plan`"
+                f". Received exclude={exclude!r}, structured=True"
+            )
+        self.exclude = list(exclude)
         self.monitor = monitor
         self.patience = int(patience)
         self.tolerance = float(tolerance)
@@ -245,6 +290,26 @@ class SensitivityPruning(
         if self._structured is None:
             self._structured = bool(
                 getattr(self.optimizer.sensitivity, "per_neuron", False)
+            )
+        if self._structured and self.exclude:
+            raise ValueError(
+                "SensitivityPruning: `exclude` selects entries to prune, but "
+                "the optimizer's sensitivity is per neuron, which makes the "
+                "pruning structured: pass `structured=False`. Received "
+                f"exclude={self.exclude!r}"
+            )
+        if self._structured and self.block_size > 1:
+            raise ValueError(
+                "SensitivityPruning: `block_size` > 1 prunes entries, but "
+                "the optimizer's sensitivity is per neuron, which makes the "
+                "pruning structured: pass `structured=False`. Received "
+                f"block_size={self.block_size}"
+            )
+        if not self._structured and not self._variables():
+            raise ValueError(
+                "SensitivityPruning: `exclude` matches every regularized "
+                f"variable of model {self.model.name!r}: nothing is left to "
+                f"prune. Received exclude={self.exclude!r}"
             )
         self._resume = self.backup_dir is not None
         self.ramp = None
@@ -284,9 +349,12 @@ class SensitivityPruning(
             self.plateau_epoch_end(epoch, logs)
         else:
             step = self._base + int(self.params["steps"])
-            logs["scheduled_sparsity"] = self.ramp.sparsity(step)
-            if self._channels is not None:
+            scheduled = self.ramp.sparsity(step)
+            if self._channels is None:
+                logs["scheduled_sparsity"] = scheduled
+            else:  # Its own keys: a second, unstructured ramp may share logs.
                 removed = sum(int(r.sum()) for r in self._channels.removed())
+                logs["scheduled_removed_neurons"] = scheduled
                 logs["removed_neurons"] = removed / self._channels.total
         self._write_logs(logs)
         if self.backup_dir is not None:
@@ -338,7 +406,11 @@ class SensitivityPruning(
 
     # -- shared ------------------------------------------------------------
     def _variables(self):
-        return self.optimizer.regularized_variables
+        return [
+            v
+            for v in self.optimizer.regularized_variables
+            if not any(re.search(p, v.path) for p in self.exclude)
+        ]
 
     def _sparsity(self):
         total = zeros = 0
@@ -374,6 +446,8 @@ class SensitivityPruning(
             "end_epoch": self.end_epoch,
             "frequency": self.frequency,
             "criterion": self.criterion,
+            "block_size": self.block_size,
+            "exclude": list(self.exclude),
             "monitor": self.monitor,
             "patience": self.patience,
             "tolerance": self.tolerance,

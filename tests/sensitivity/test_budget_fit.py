@@ -92,6 +92,54 @@ def test_unstructured_reaches_the_target_by_end_epoch(digits):
     assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.6
 
 
+def test_blocks_reach_the_target_whole_and_export_block_sparse(digits):
+    x, y, x_test, y_test = digits
+    model = _mlp()
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.9, block_size=4, verbose=0
+    )
+    logs = _fit(model, x, y, pruner, epochs=4)
+    sparsity = np.array(logs["sparsity"])
+    assert np.all(np.diff(sparsity) >= 0)
+    # Whole blocks: the target is met and passed by less than one block.
+    total = sum(int(np.prod(v.shape)) for v in pruner._variables())
+    assert 0.9 <= sparsity[-1] < 0.9 + 4 / total
+    for layer in model.layers[1:]:
+        kernel = layer.kernel.numpy()
+        blocks = kernel.reshape(-1, 4, kernel.shape[1]) == 0
+        # Every block of 4 neighbouring inputs is all zero or all kept.
+        assert np.all(blocks.all(axis=1) | ~blocks.any(axis=1)), layer.name
+    assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.5
+    stripped = ks.strip_masks(model)
+    blob = ks.to_tflite(stripped, sparse=True, verify_samples=4)
+    # LiteRT keeps the block-sparse kernels (no DENSIFY back to dense).
+    ops = ks.export.tflite_ops(blob)
+    assert "FULLY_CONNECTED" in ops and "DENSIFY" not in ops, ops
+
+
+def test_exclude_leaves_the_matching_variables_dense(digits):
+    x, y, _, _ = digits
+    model = _mlp()
+    head = model.layers[-1].name
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.8, exclude=["bias", head], verbose=0
+    )
+    logs = _fit(model, x, y, pruner, epochs=3)
+    kernels = [layer.kernel for layer in model.layers[1:-1]]
+    assert [v.path for v in pruner._variables()] == [v.path for v in kernels]
+    zeros = sum(int(np.sum(k.numpy() == 0)) for k in kernels)
+    total = sum(int(np.prod(k.shape)) for k in kernels)
+    assert zeros == round(0.8 * total)
+    assert logs["sparsity"][-1] == pytest.approx(zeros / total)
+    assert np.all(model.layers[-1].kernel.numpy() != 0)
+    assert all(np.all(layer.bias.numpy() != 0) for layer in model.layers[1:])
+    everything = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.5, exclude=["."], verbose=0
+    )
+    with pytest.raises(ValueError, match="matches every regularized"):
+        _fit(_mlp(), x, y, everything, epochs=1)
+
+
 def test_structured_mlp_removes_exactly_the_fraction_and_slims(digits):
     x, y, x_test, _ = digits
     model = _mlp()
@@ -127,6 +175,9 @@ def test_structured_and_unstructured_in_one_fit(digits):
     entries = ks.callbacks.SensitivityPruning(target_sparsity=0.9, verbose=0)
     logs = _fit(model, x, y, neurons, epochs=4, callbacks=[entries])
     assert logs["removed_neurons"][-1] >= 36 / 48
+    # Each ramp logs under its own key: neither overwrites the other.
+    assert logs["scheduled_removed_neurons"][-1] == 0.75
+    assert logs["scheduled_sparsity"][-1] == 0.9
     opt = masks.mask_optimizer(model)
     variables = entries._variables()
     pruned = sum(int(masks.pruned(opt, v).sum()) for v in variables)

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 import keras_serene as ks
 from keras_serene.core import masking as masks
@@ -50,6 +51,55 @@ def test_prune_entries_zeroes_exactly_the_lowest_fraction():
     count, _ = budget_pruning.prune_entries(opt, variables, 0.3, scores)
     # 6 forced (5 + the -2.0 bias): the count never goes down.
     assert count == 6 and second.bias.numpy()[1] == 0.0
+
+
+def test_block_ids_run_along_the_input_axis():
+    ids, count = budget_pruning.block_ids((5, 2), 2)
+    # Inputs 0-1, 2-3 and the short 4 of each of the two units.
+    np.testing.assert_array_equal(ids, [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5]])
+    assert count == 6
+    conv, count = budget_pruning.block_ids((1, 1, 4, 3), 4)
+    assert count == 3 and np.all(conv[0, 0] == [0, 1, 2])  # One per unit.
+    vector, count = budget_pruning.block_ids((3,), 2)
+    np.testing.assert_array_equal(vector, [0, 0, 1])
+    assert count == 2
+
+
+def test_prune_entries_in_blocks_takes_whole_blocks_by_mean_score():
+    model, opt = _tiny()
+    first, second = model.layers
+    # Blocks of 2 along the 2 inputs: one block per unit (column).
+    first.kernel.assign([[0.1, -0.9, 0.3], [0.5, -0.2, 0.8]])
+    first.bias.assign([0.05, 0.0, 1.0])
+    # 3 inputs: blocks rows 0-1 and the short row 2, per column.
+    second.kernel.assign([[0.4, -0.6], [0.7, 0.15], [-1.0, 0.25]])
+    second.bias.assign([0.35, -2.0])
+    variables = opt.regularized_variables
+    values = [v.numpy() for v in variables]
+    scores = pruning_criteria.entry_scores(
+        "magnitude", variables, values, None, None
+    )
+    # Block means: first kernel 0.3, 0.55, 0.55; first bias 0.025, 1.0;
+    # second kernel 0.55, 0.375, 1.0, 0.25; second bias 1.175.
+    # round(0.3 * 17) = 5 entries: blocks 0.025 (2), 0.25 (1), 0.3 (2).
+    count, cut = budget_pruning.prune_entries(opt, variables, 0.3, scores, 2)
+    assert count == 5 and cut == pytest.approx(0.3)
+    np.testing.assert_array_equal(
+        first.kernel.numpy(), np.float32([[0, -0.9, 0.3], [0, -0.2, 0.8]])
+    )
+    np.testing.assert_array_equal(first.bias.numpy(), np.float32([0, 0, 1]))
+    assert (
+        second.kernel.numpy()[2, 1] == 0
+        and masks.pruned(opt, second.kernel).sum() == 1
+    )
+    # 6 entries: the next block (0.375, two entries) overshoots to 7.
+    count, _ = budget_pruning.prune_entries(opt, variables, 0.35, scores, 2)
+    assert count == 7
+    np.testing.assert_array_equal(second.kernel.numpy()[:2, 1], [0, 0])
+    # A block with one pruned entry goes as a whole.
+    masks.add_flag(opt, second.bias, masks.PRUNED, [True, False], zero=True)
+    count, _ = budget_pruning.prune_entries(opt, variables, 0.35, scores, 2)
+    assert count == 9 and np.all(second.bias.numpy() == 0)
 
 
 def test_per_group_choice_takes_the_same_fraction_and_keeps_one():

@@ -200,6 +200,20 @@ def test_sparsity_counts_only_regularized_variables(digits):
         ({"patience": 0}, ValueError, "patience=0"),
         ({"monitor": ""}, ValueError, "monitor=''"),
         ({"structured": "yes"}, TypeError, "structured='yes'"),
+        ({"block_size": 0}, ValueError, "block_size=0"),
+        ({"exclude": "bias"}, TypeError, "exclude='bias'"),
+        (
+            {"exclude": ["bias"], "target_sparsity": 0.5, "structured": True},
+            ValueError,
+            "structured=True",
+        ),
+        ({"block_size": 2.0}, TypeError, "block_size=2.0"),
+        ({"block_size": 4}, ValueError, "target_sparsity=None"),
+        (
+            {"block_size": 4, "target_sparsity": 0.5, "structured": True},
+            ValueError,
+            "structured=True",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -212,6 +226,10 @@ def test_config_round_trip():
         patience=7, tolerance=0.1, structured=True, verbose=0
     )
     assert_config_round_trip(pruner)
+    blocks = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.9, block_size=4, exclude=["bias"]
+    )
+    assert_config_round_trip(blocks)
 
 
 @pytest.mark.parametrize("fit_verbose", [0, 2])
