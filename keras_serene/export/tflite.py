@@ -118,7 +118,7 @@ def _sample_inputs(model, representative_data, count, seed):
     return samples
 
 
-def _representative_dataset(representative_data):
+def _representative_dataset(representative_data, batch_size=1):
     if callable(representative_data):
         return representative_data
     samples = representative_data
@@ -127,8 +127,10 @@ def _representative_dataset(representative_data):
     samples = [np.asarray(s, dtype="float32") for s in samples]
 
     def generate():
-        for i in range(min(len(samples[0]), 200)):
-            yield [s[i : i + 1] for s in samples]
+        for i in range(
+            0, min(len(samples[0]), 200) - batch_size + 1, batch_size
+        ):
+            yield [s[i : i + batch_size] for s in samples]
 
     return generate
 
@@ -152,11 +154,29 @@ def run_tflite(blob, inputs, num_threads=1):
     ]
 
 
-def _convert(model, quantization, representative_data, sparse):
+def _signature(model, batch_size):
+    """Fixed-batch input specs for `model.export` (None: dynamic batch)."""
+    if batch_size is None:
+        return None
+    import tensorflow as tf
+
+    specs = [
+        tf.TensorSpec((batch_size,) + tuple(t.shape[1:]), t.dtype)
+        for t in model.inputs
+    ]
+    return specs if len(specs) == 1 else [specs]
+
+
+def _convert(model, quantization, representative_data, sparse, batch_size):
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory() as folder:
-        model.export(folder, format="tf_saved_model", verbose=False)
+        model.export(
+            folder,
+            format="tf_saved_model",
+            verbose=False,
+            input_signature=_signature(model, batch_size),
+        )
         converter = tf.lite.TFLiteConverter.from_saved_model(folder)
         ops = tf.lite.OpsSet.TFLITE_BUILTINS
         converter.target_spec.supported_ops = [ops]
@@ -170,7 +190,7 @@ def _convert(model, quantization, representative_data, sparse):
                 tf.lite.OpsSet.TFLITE_BUILTINS_INT8
             ]
             converter.representative_dataset = _representative_dataset(
-                representative_data
+                representative_data, batch_size or 1
             )
         if sparse:
             optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
@@ -209,6 +229,7 @@ def to_tflite(
     sparse=False,
     tolerance=None,
     verify_samples=8,
+    batch_size=None,
 ):
     """Converts a Keras model to a builtins-only LiteRT flatbuffer, verified.
 
@@ -240,6 +261,13 @@ def to_tflite(
             the mode: 1e-4 float32, 1e-2 float16, 5e-2 dynamic, 0.15 int8).
         verify_samples: Int. Number of inputs to verify on; 0 skips the
             check. Defaults to `8`.
+        batch_size: Int >= 1 or `None`. Fixes the inputs' batch dimension
+            (`1`: a phone's one-at-a-time inference), so the shape ops a
+            dynamic batch needs (`SHAPE`, `STRIDED_SLICE`, `PACK` before a
+            `Flatten`'s `RESHAPE`) fold into constants: on a small model
+            they are a measurable part of each invoke. Such a flatbuffer
+            cannot be resized to another batch. Defaults to `None` (a
+            dynamic batch).
 
     Returns:
         The flatbuffer as bytes.
@@ -274,7 +302,11 @@ def to_tflite(
     if tolerance is None:
         tolerance = DEFAULT_TOLERANCE[quantization]
     checks.check_int(owner, "verify_samples", verify_samples, minimum=0)
-    blob = _convert(model, quantization, representative_data, sparse)
+    if batch_size is not None:
+        checks.check_int(owner, "batch_size", batch_size, minimum=1)
+    blob = _convert(
+        model, quantization, representative_data, sparse, batch_size
+    )
     flex = [op for op in tflite_ops(blob) if op.upper().startswith("FLEX")]
     if flex:
         raise ValueError(
@@ -290,6 +322,7 @@ def to_tflite(
             tolerance,
             sparse,
             quantization,
+            batch_size,
         )
     if path is not None:
         folder = os.path.dirname(os.path.abspath(path))
@@ -345,13 +378,35 @@ def _check_representative_data(model, data):
 
 
 def _verify(
-    model, blob, representative_data, count, tolerance, sparse, quantization
+    model,
+    blob,
+    representative_data,
+    count,
+    tolerance,
+    sparse,
+    quantization,
+    batch_size=None,
 ):
     inputs = _sample_inputs(model, representative_data, count, seed=0)
+    if batch_size is not None:  # Whole fixed-size batches only.
+        kept = len(inputs[0]) // batch_size * batch_size
+        if kept == 0:
+            raise ValueError(
+                f"to_tflite: verifying a batch_size={batch_size} export "
+                f"needs at least {batch_size} samples; got "
+                f"{len(inputs[0])} (raise `verify_samples` or pass more "
+                "`representative_data`)."
+            )
+        inputs = [array[:kept] for array in inputs]
     expected = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
     expected = expected if isinstance(expected, (list, tuple)) else [expected]
     try:
-        got = run_tflite(blob, inputs)
+        step = batch_size or len(inputs[0])
+        chunks = [
+            run_tflite(blob, [a[i : i + step] for a in inputs])
+            for i in range(0, len(inputs[0]), step)
+        ]
+        got = [np.concatenate(parts) for parts in zip(*chunks)]
     except RuntimeError as error:  # LiteRT refuses the flatbuffer.
         hint = (
             " LiteRT's XNNPACK kernels refuse sparse int8 layers: pass "

@@ -51,6 +51,37 @@ def test_float_export_matches_keras_and_writes_file(tmp_path):
     np.testing.assert_allclose(out, model(x), atol=1e-5)
 
 
+def test_fixed_batch_folds_the_shape_ops():
+    model = _cnn(hidden=8)
+    dynamic = tflite_ops(ks.to_tflite(model))
+    assert {"SHAPE", "STRIDED_SLICE", "PACK"} <= set(dynamic)
+    blob = ks.to_tflite(model, batch_size=1)
+    ops = tflite_ops(blob)
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops), ops
+    x = _data(1)
+    (out,) = run_tflite(blob, [x])
+    np.testing.assert_allclose(out, model(x), atol=1e-5)
+    # int8 calibrates and verifies in batches of the fixed size.
+    int8 = ks.to_tflite(
+        model, quantization="int8", representative_data=_data(32),
+        batch_size=4,
+    )  # fmt: skip
+    assert run_tflite(int8, [_data(4)])[0].shape == (4, 3)
+    with pytest.raises(ValueError, match="needs at least 16 samples; got 8"):
+        ks.to_tflite(model, batch_size=16)
+
+
+def test_fixed_batch_of_a_two_input_model():
+    a, b = keras.Input((3,)), keras.Input((2,))
+    x = layers.Concatenate()([a, b])
+    model = keras.Model([a, b], layers.Dense(2)(x))
+    blob = ks.to_tflite(model, batch_size=2)
+    rng = np.random.default_rng(0)
+    xa, xb = rng.normal(size=(2, 3)), rng.normal(size=(2, 2))
+    (out,) = run_tflite(blob, [xa.astype("f4"), xb.astype("f4")])
+    np.testing.assert_allclose(out, model([xa, xb]), atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "float16", "int8"])
 def test_quantized_exports(mode):
     model = _cnn(hidden=512)  # > 1024 weights: the converter quantizes it
@@ -166,6 +197,8 @@ def test_int8_generator_with_wrong_shapes_fails_at_our_boundary():
         ({"verify_samples": 2.0}, TypeError, "verify_samples=2.0"),
         ({"sparse": "yes"}, TypeError, "sparse='yes'"),
         ({"path": 3}, TypeError, "path=3"),
+        ({"batch_size": 0}, ValueError, "batch_size=0"),
+        ({"batch_size": "1"}, TypeError, "batch_size='1'"),
     ],
 )
 def test_to_tflite_argument_errors(kwargs, error, match):
