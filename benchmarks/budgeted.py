@@ -8,9 +8,11 @@ Row names (`--rows`):
 
 - `dense`; `tfmotNN` (tfmot `PolynomialDecay` to NN% per layer, its own
   process; its slim widths are what `ks.slim` removes of its dead neurons);
-- `CRIT` + `NN` (`mag98`, `taylor98`, `serene98`): ours, unstructured,
-  `SensitivityPruning(target_sparsity=0.NN, criterion=...)` with LOBSTER
-  decay 1e-4; a `-nd` suffix trains without decay;
+- `CRIT` + `NN` (`mag98`, `taylor98`, `serene98`, `mag98.5`): ours,
+  unstructured, `SensitivityPruning(target_sparsity=0.NN, criterion=...)`
+  with LOBSTER decay 1e-4; a `-nd` suffix trains without decay; `bK`
+  after the target (`mag98b4`) prunes blocks of K neighbouring inputs
+  (`block_size=K`);
 - `stNN-CRIT` (`st80-mag`, `st80-global`, `st80-serene`, `st80-taylor`):
   ours, `structured=True`, NN% of the prunable neurons / channels removed;
   `-nd` without decay (`st80-mag-nd` is the L2-norm no-decay baseline);
@@ -20,7 +22,12 @@ Row names (`--rows`):
 - a `+CRITNN` suffix on a structured row (`st80-mag-nd+mag95`) adds a
   second, unstructured `SensitivityPruning(target_sparsity=0.NN)` to the
   same fit, on the same ramp: zeros inside the neurons the first keeps (the
-  slim widths are the structured row's);
+  slim widths are the structured row's; `+mag98.5b4`: in 1x4 blocks;
+  `+mag98.5b4=fc1`: only layer fc1's kernel, through the callback's
+  `exclude=["bias", "^(?!fc1/)"]`, the target a fraction of it). Such
+  rows also export the slim model with `sparse=True` and, for seed 0, keep
+  its weights (`.npz`, compressed) in `benchmarks/` beside the JSON, so
+  `budgeted_latency.py` times the trained zeros in any export mode;
 - `scratchNN`: the narrow network `stNN-mag` slims to (every hidden width
   times 1 - NN%), trained from scratch in the same budget: what the
   capacity alone gives, without pruning; `scratch-W1-W2-...` trains the
@@ -33,6 +40,7 @@ rewritten after every run, so an interrupted run keeps what it measured.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -57,6 +65,8 @@ CRITERIA = {
     "tglobal": "taylor_global",
     "serene": "serene",
 }
+#: An unstructured row: criterion, target percent, optional `bK` blocks.
+UNSTRUCTURED = re.compile(r"^([a-z]+?)(\d+(?:\.\d+)?)(?:b(\d+))?$")
 
 
 def ramp_window(name):
@@ -69,16 +79,26 @@ def ramp_window(name):
 
 
 def inner_sparsity(name):
-    """`(target, criterion)` of a `+CRITNN` suffix, or None."""
+    """`(target, criterion, block size, exclude)` of a `+CRITNN` suffix, or
+    None; `=LAYER` excludes every variable but that layer's kernel."""
     if "+" not in name:
         return None
-    kind, target, criterion, _ = parse_row(name.split("@")[0].split("+")[1])
+    inner, _, layer = name.split("@")[0].split("+")[1].partition("=")
+    exclude = ["bias", f"^(?!{re.escape(layer)}/)"] if layer else []
+    kind, target, criterion, _ = parse_row(inner)
     if kind != "unstructured" or parse_row(name)[0] != "structured":
         raise ValueError(
             f"budgeted row {name!r}: `+` adds an unstructured row (`mag95`) "
             "to a structured one (`st80-mag-nd`)"
         )
-    return target, criterion
+    return target, criterion, block_size(inner), exclude
+
+
+def block_size(name):
+    """The `bK` of an unstructured row (`mag98b4` -> 4), else 1."""
+    name = name.split("@")[0].split("+")[0].removesuffix("-nd")
+    match = UNSTRUCTURED.match(name)
+    return int(match.group(3)) if match and match.group(3) else 1
 
 
 def parse_row(name):
@@ -98,14 +118,10 @@ def parse_row(name):
     if base.startswith("st"):
         percent, criterion = base[2:].split("-")
         return "structured", int(percent) / 100, CRITERIA[criterion], decay
-    for short, criterion in CRITERIA.items():
-        if base.startswith(short) and base[len(short) :].isdigit():
-            return (
-                "unstructured",
-                int(base[len(short) :]) / 100,
-                criterion,
-                (decay),
-            )
+    match = UNSTRUCTURED.match(base)
+    if match and match.group(1) in CRITERIA:
+        target = float(match.group(2)) / 100
+        return "unstructured", target, CRITERIA[match.group(1)], decay
     raise ValueError(f"unknown budgeted row {name!r}")
 
 
@@ -143,8 +159,8 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
         split = int(0.9 * len(x))
         begin, end = ramp_window(row)
         inner = inner_sparsity(row)
-        for structured, sparsity, ranking in (
-            (kind == "structured", target, criterion),
+        for structured, sparsity, ranking, block, exclude in (
+            (kind == "structured", target, criterion, block_size(row), []),
             *([(False, *inner)] if inner else []),
         ):
             callbacks.append(
@@ -152,6 +168,8 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
                     target_sparsity=sparsity,
                     structured=structured,
                     criterion=ranking,
+                    block_size=block,
+                    exclude=exclude,
                     begin_epoch=begin * epochs,
                     end_epoch=None if end is None else end * epochs,
                     validation_data=(x[split:], y[split:]),
@@ -239,8 +257,13 @@ def _tfmot(model, model_name, target, data, seed, workdir, epochs):
     return model, info["train_seconds"], extra
 
 
-def measure(model, data, export=True, sparse=False):
-    """Accuracy, nonzero, slim widths/params; `.tflite` sizes and latency."""
+def measure(model, data, export=True, sparse=False, slim_sparse=None):
+    """Accuracy, nonzero, slim widths/params; `.tflite` sizes and latency.
+
+    `slim_sparse`: a path (or "" for none) to also export the slim model
+    with `sparse=True` (zeros inside its kept neurons), keeping its weights
+    there (`np.savez_compressed`, in `get_weights` order).
+    """
     (x, _), (x_test, y_test) = data
     compile_classifier(model, "sgd")
     accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
@@ -263,6 +286,16 @@ def measure(model, data, export=True, sparse=False):
         row["tflite_bytes"] = len(blob)
         row["tflite_int8_bytes"] = len(int8)
         row["latency_ms"] = ks.export.tflite_latency(blob, runs=300) * 1e3
+        if slim_sparse is not None:
+            if slim_sparse:
+                os.makedirs(os.path.dirname(slim_sparse), exist_ok=True)
+                np.savez_compressed(slim_sparse, *slim.get_weights())
+            blob = ks.to_tflite(slim, sparse=True)
+            row["slim_sparse_tflite_bytes"] = len(blob)
+            row["slim_sparse_ops"] = sorted(set(ks.export.tflite_ops(blob)))
+            row["slim_sparse_latency_ms"] = (
+                ks.export.tflite_latency(blob, runs=300) * 1e3
+            )
         if sparse:
             blob = ks.to_tflite(model, sparse=True)
             row["sparse_tflite_bytes"] = len(blob)
@@ -292,9 +325,25 @@ def run_grid(plan, data_for, out_path, workdir, meta, epochs=EPOCHS):
         model, seconds, extra = train(
             row, model_name, data, seed, workdir, epochs
         )
+        slim_sparse = None
+        if "+" in row or block_size(row) > 1:
+            slim_sparse = ""
+            if export:
+                name = f"{model_name}_{row}_seed{seed}_slim_weights.npz"
+                slim_sparse = os.path.join(
+                    os.path.dirname(out_path), "benchmarks", name
+                )
         measured = measure(
-            model, data, export=export, sparse=row == "tfmot98" and export
+            model,
+            data,
+            export=export,
+            sparse=row == "tfmot98" and export,
+            slim_sparse=slim_sparse,
         )
+        if slim_sparse:
+            measured["slim_weights"] = os.path.relpath(
+                slim_sparse, os.path.dirname(out_path)
+            )
         extra.pop("versions", None)
         result = {
             "model": model_name,

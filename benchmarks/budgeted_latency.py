@@ -5,16 +5,24 @@ shared machine: two runs with the same slim widths differed by 30%. The
 latency of a float32 or int8 Dense stack depends on its shapes (and, for a
 sparse-format export, on how many entries are nonzero), not on the values
 of the weights, so this rebuilds every timed variant from the shapes in
-`results_budgeted.json` with seeded weights and times them all side by
-side (`ks.export.latency_ratios`: each repeat times every flatbuffer in
-turn, median of `runs`; the ratio's median and min-max over the repeats):
+`results_budgeted.json` with seeded weights (LeNet-300 as the zoo builds
+it: a 28x28x1 input and its `Flatten`) and times them all side by side
+(`ks.export.latency_ratios`: each repeat times every flatbuffer in turn,
+median of `runs`; the ratio's median and min-max over the repeats), twice:
+with a dynamic batch (`ks.to_tflite`'s default) and with `batch_size=1`
+(the `Flatten`'s shape ops folded away), each against the reference
+exported the same way:
 
 - `tfmot98 sparse f32`: 784-300-100-10 with 2% of each kernel nonzero (tfmot
   98% prunes every layer to 98%), `EXPERIMENTAL_SPARSITY`: the reference;
 - `tfmot98 int8`: the same as a dense int8 export, since LiteRT's XNNPACK
   cannot run the sparse int8 flatbuffer (recorded when it fails);
 - `dense f32` / `dense int8`, and each structured row's slim widths, f32 and
-  int8.
+  int8;
+- `slim sparse ROW f32`: each row that exported its slim model with
+  `sparse=True`, with its seed-0 run's own weights (`budgeted.py` keeps
+  them in `benchmarks/` beside the JSON): where its zeros inside the kept
+  neurons lie decides its latency, so it is timed as trained.
 
     python benchmarks/budgeted_latency.py [--json docs/results_budgeted.json]
 
@@ -40,17 +48,19 @@ REFERENCE = "tfmot98 sparse f32"
 
 
 def _mlp(widths, seed):
+    """LeNet-300 as `zoo.lenet300` builds it, with these Dense widths."""
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((784,))
-    x = inputs
-    for width in widths[:-1]:
-        x = keras.layers.Dense(width, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(widths[-1])(x))
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Flatten()(inputs)
+    for i, width in enumerate(widths[:-1]):
+        x = keras.layers.Dense(width, activation="relu", name=f"fc{i + 1}")(x)
+    outputs = keras.layers.Dense(widths[-1], name=f"fc{len(widths)}")(x)
+    return keras.Model(inputs, outputs)
 
 
 def _sparse(model, keep, seed):
     rng = np.random.default_rng(seed)
-    for layer in model.layers[1:]:
+    for layer in model.layers[2:]:  # Past the input and the Flatten.
         kernel, bias = layer.get_weights()
         mask = np.zeros(kernel.size, bool)
         mask[
@@ -60,14 +70,19 @@ def _sparse(model, keep, seed):
     return model
 
 
-def blobs_for(runs, calibration):
-    """`{name: flatbuffer}` of the reference variants and each slim width."""
+def blobs_for(runs, calibration, root, batch_size=None):
+    """`{name: flatbuffer}` of the reference variants, each slim width and
+    each saved slim sparse model (paths relative to `root`)."""
     dense = _mlp([300, 100, 10], 0)
     tfmot = _sparse(_mlp([300, 100, 10], 0), 0.02, 0)
-    blobs = {REFERENCE: ks.to_tflite(tfmot, sparse=True)}
+
+    def export(model, **kwargs):
+        return ks.to_tflite(model, batch_size=batch_size, **kwargs)
+
+    blobs = {REFERENCE: export(tfmot, sparse=True)}
     notes = []
     try:
-        blobs["tfmot98 sparse int8"] = ks.to_tflite(
+        blobs["tfmot98 sparse int8"] = export(
             tfmot, sparse=True, quantization="int8",
             representative_data=calibration,
         )  # fmt: skip
@@ -77,9 +92,9 @@ def blobs_for(runs, calibration):
             + str(error).splitlines()[0][:160]
         )
     int8 = dict(quantization="int8", representative_data=calibration)
-    blobs["tfmot98 int8"] = ks.to_tflite(tfmot, **int8)
-    blobs["dense f32"] = ks.to_tflite(dense)
-    blobs["dense int8"] = ks.to_tflite(dense, **int8)
+    blobs["tfmot98 int8"] = export(tfmot, **int8)
+    blobs["dense f32"] = export(dense)
+    blobs["dense int8"] = export(dense, **int8)
     widths = {}
     for run in runs:
         if run["row"].startswith("st") and run.get("slim_widths"):
@@ -88,9 +103,20 @@ def blobs_for(runs, calibration):
         hidden = [int(w) for w in text.split("-")[1:]]
         slim = _mlp(hidden, 0)
         label = f"{text} ({', '.join(sorted(rows))})"
-        blobs[f"slim {label} f32"] = ks.to_tflite(slim)
-        blobs[f"slim {label} int8"] = ks.to_tflite(slim, **int8)
+        blobs[f"slim {label} f32"] = export(slim)
+        blobs[f"slim {label} int8"] = export(slim, **int8)
+    for run in runs:
+        if run.get("slim_weights"):
+            weights = np.load(os.path.join(root, run["slim_weights"]))
+            widths = [int(w) for w in run["slim_widths"].split("-")[1:]]
+            slim = _mlp(widths, 0)
+            slim.set_weights([weights[f"arr_{i}"] for i in range(len(weights))])
+            blobs[f"slim sparse {run['row']} f32"] = export(slim, sparse=True)
     return blobs, notes
+
+
+#: `latency` keys of the two export modes.
+MODES = {"results": None, "results_batch1": 1}
 
 
 def main(argv=None):
@@ -107,34 +133,38 @@ def main(argv=None):
     runs = [
         r for r in saved["runs"] if r["model"] == "lenet300" and r["seed"] == 0
     ]
-    calibration = np.random.default_rng(0).random((200, 784)).astype("float32")
-    blobs, notes = blobs_for(runs, calibration)
-    result = ks.export.latency_ratios(
-        blobs, reference=REFERENCE, repeats=args.repeats, runs=args.runs
+    calibration = (
+        np.random.default_rng(0).random((200, 28, 28, 1)).astype("float32")
     )
+    root = os.path.dirname(os.path.abspath(args.json))
     saved["latency"] = {
         "command": "python benchmarks/budgeted_latency.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "reference": REFERENCE,
-        "notes": notes,
-        "results": {
+    }
+    for key, batch_size in MODES.items():
+        blobs, notes = blobs_for(runs, calibration, root, batch_size)
+        result = ks.export.latency_ratios(
+            blobs, reference=REFERENCE, repeats=args.repeats, runs=args.runs
+        )
+        saved["latency"]["notes"] = notes
+        saved["latency"][key] = {
             name: {**value, "bytes": len(blobs[name])}
             for name, value in result.items()
-        },
-    }
+        }
+        print(
+            f"\nbatch: {batch_size or 'dynamic'}\n{'flatbuffer':48s} "
+            f"{'bytes':>9s} {'ms':>8s}  speed vs reference (min-max)"
+        )
+        for name, value in result.items():
+            print(
+                f"{name:48s} {len(blobs[name]):9,d} "
+                f"{value['latency_ms']:8.4f}  {1 / value['ratio']:.2f}x "
+                f"({1 / value['ratio_max']:.2f}-{1 / value['ratio_min']:.2f})"
+            )
     with open(args.json, "w") as f:
         json.dump(saved, f, indent=1)
-    print(
-        f"{'flatbuffer':48s} {'bytes':>9s} {'ms':>8s}  "
-        "speed vs reference (min-max)"
-    )
-    for name, value in result.items():
-        print(
-            f"{name:48s} {len(blobs[name]):9,d} {value['latency_ms']:8.4f}  "
-            f"{1 / value['ratio']:.2f}x "
-            f"({1 / value['ratio_max']:.2f}-{1 / value['ratio_min']:.2f})"
-        )
     for note in notes:
         print(note)
     return 0

@@ -74,6 +74,10 @@ def _seeds(text):
     """`"3"` -> [0, 1, 2]; `"1,2"` -> [1, 2]; `"2,"` -> [2]."""
     if "," in text:
         return [int(t) for t in text.split(",") if t]
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text}: a count must be >= 1 (seed 0 alone: '0,')"
+        )
     return list(range(int(text)))
 
 
