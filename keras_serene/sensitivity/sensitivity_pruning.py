@@ -139,7 +139,9 @@ class SensitivityPruning(
             `ks.SensitivityOptimizer`'s `exclude`) are not pruned by this
             callback, nor counted in its target or its `sparsity` log
             (`["bias", "predictions"]` prunes no bias and not the output
-            layer). Defaults to `None`.
+            layer; `["^(?!(.*/)?fc1/kernel$)"]` prunes layer fc1's kernel
+            alone: a Sequential model's paths start with its name).
+            Defaults to `None`.
         monitor: String. The loss the plateau schedule watches. Defaults to
             `"val_loss"`.
         patience: Int >= 1. Plateau patience in epochs (LOBSTER's `pwe`).

@@ -199,6 +199,42 @@ def test_structured_and_unstructured_in_one_fit(digits):
     )
 
 
+def test_neurons_then_blocks_in_the_first_layer_export_block_sparse(digits):
+    """The recipe of the benchmark's `+mag98.5b4=fc1` rows: neurons go, then
+    1x4 blocks inside the first layer's kept ones; the slim model's export
+    keeps LiteRT's block-sparse kernel."""
+    x, y, x_test, _ = digits
+    model = _mlp()
+    first = model.layers[1]
+    neurons = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.5, structured=True, verbose=0
+    )
+    blocks = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.9, block_size=4, verbose=0,
+        exclude=[f"^(?!(.*/)?{first.name}/kernel$)"],  # All but its kernel.
+    )  # fmt: skip
+    logs = _fit(model, x, y, neurons, epochs=4, callbacks=[blocks])
+    assert logs["sparsity"][-1] >= 0.9  # The first kernel alone.
+    assert [v.path for v in blocks._variables()] == [first.kernel.path]
+    assert np.all(model.layers[2].kernel.numpy()[:, ~np.all(
+        model.layers[2].kernel.numpy() == 0, axis=0)] != 0)  # fmt: skip
+    slim = ks.slim(ks.strip_masks(model))
+    kernel = slim.layers[1].kernel.numpy()
+    # Half of the 32 neurons left, or fewer: blocks may empty a neuron.
+    assert kernel.shape[0] == 64 and kernel.shape[1] <= 16
+    zero = kernel.reshape(16, 4, -1) == 0
+    assert np.all(zero.all(axis=1) | ~zero.any(axis=1))  # Whole blocks.
+    assert 0.7 < zero.mean() < 0.9  # 10% of 32 columns' entries, in <= 16.
+    blob = ks.to_tflite(slim, sparse=True, batch_size=1)
+    ops = ks.export.tflite_ops(blob)
+    assert "DENSIFY" not in ops and "SHAPE" not in ops, ops
+    np.testing.assert_allclose(
+        slim.predict(x_test, verbose=0),
+        model.predict(x_test, verbose=0),
+        atol=1e-4,
+    )
+
+
 def test_structured_cnn_with_batch_norm_slims_with_equal_outputs(digits):
     x, y, x_test, _ = digits
     model = _cnn()
