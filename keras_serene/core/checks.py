@@ -18,6 +18,7 @@ The checks return the value converted (`check_number` returns a float,
 
 import math
 import numbers
+import re
 
 import numpy as np
 
@@ -164,6 +165,25 @@ def check_names(owner, arg, value, allow_none=True):
         return list(value)
     must = "be a list of strings" + (" or None" if allow_none else "")
     fail(owner, arg, must, value, TypeError)
+
+
+def check_patterns(owner, arg, value):
+    """A list of regex strings (`re.search` over variable paths, as Keras's
+    `exclude_from_weight_decay`); `None` is `[]`. Returns a list."""
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        fail(owner, arg, "be a list of regex strings", value, TypeError)
+    for pattern in value:
+        if not isinstance(pattern, str):
+            fail(owner, arg, "be a list of regex strings", value, TypeError)
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            fail(
+                owner, arg, f"hold valid regexes ({pattern!r}: {error})", value
+            )
+    return list(value)
 
 
 def check_same_length(owner, arg, arrays, names=("x", "y"), shown=None):

@@ -29,6 +29,7 @@ import keras
 from keras import ops
 
 from keras_serene import sensitivity as sensitivity_lib
+from keras_serene.core import checks
 from keras_serene.core import distribute as _distribute
 from keras_serene.core import layer_table
 from keras_serene.core.masking_optimizer import MaskingOptimizer
@@ -118,15 +119,9 @@ class SensitivityOptimizer(MaskingOptimizer):
                 "SensitivityOptimizer: `decay` must be a finite float >= 0. "
                 f"Received: decay={decay}"
             )
-        if exclude is None:
-            exclude = []
-        if isinstance(exclude, str) or not all(
-            isinstance(p, str) for p in exclude
-        ):
-            raise TypeError(
-                "SensitivityOptimizer: `exclude` must be a list of regex "
-                f"strings. Received exclude={exclude!r}"
-            )
+        exclude = checks.check_patterns(
+            "SensitivityOptimizer", "exclude", exclude
+        )
         super().__init__(
             inner_optimizer, mask_gradients=mask_gradients, name=name, **kwargs
         )

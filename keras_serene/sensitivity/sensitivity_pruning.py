@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from keras_serene.core import callback_backup
+from keras_serene.core import checks
 from keras_serene.core import masking as masks_lib
 from keras_serene.core import neurons as neurons_lib
 from keras_serene.sensitivity import pruning_criteria as criteria
@@ -255,22 +256,16 @@ class SensitivityPruning(
         self.end_epoch = end_epoch
         self.frequency = int(frequency)
         self.block_size = int(block_size)
-        if exclude is None:
-            exclude = []
-        if isinstance(exclude, str) or not all(
-            isinstance(p, str) for p in exclude
-        ):
-            raise TypeError(
-                "SensitivityPruning: `exclude` must be a list of regex "
-                f"strings. Received exclude={exclude!r}"
-            )
+        exclude = checks.check_patterns(
+            "SensitivityPruning", "exclude", exclude
+        )
         if exclude and structured:
             raise ValueError(
                 "SensitivityPruning: `exclude` selects entries to prune; "
                 "structured pruning takes its groups from `ks.slimming_plan`"
                 f". Received exclude={exclude!r}, structured=True"
             )
-        self.exclude = list(exclude)
+        self.exclude = exclude
         self.monitor = monitor
         self.patience = int(patience)
         self.tolerance = float(tolerance)

@@ -202,6 +202,7 @@ def test_sparsity_counts_only_regularized_variables(digits):
         ({"structured": "yes"}, TypeError, "structured='yes'"),
         ({"block_size": 0}, ValueError, "block_size=0"),
         ({"exclude": "bias"}, TypeError, "exclude='bias'"),
+        ({"exclude": ["fc1", "("]}, ValueError, "valid regexes"),
         (
             {"exclude": ["bias"], "target_sparsity": 0.5, "structured": True},
             ValueError,
