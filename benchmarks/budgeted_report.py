@@ -9,6 +9,7 @@ fraction, and accuracy against the slim model's parameters.
 
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -286,6 +287,15 @@ def goals(agg, latency=None):
     return lines
 
 
+def _unstructured_family(row):
+    """`mag98-nd` -> `mag-nd`, `mag98b4` -> `mag, 1x4 blocks`."""
+    match = re.match(r"^([a-z]+)\d+(?:\.\d+)?(?:b(\d+))?(.*)$", row)
+    if not match:
+        return row
+    blocks = f", 1x{match.group(2)} blocks" if match.group(2) else ""
+    return match.group(1) + match.group(3) + blocks
+
+
 def figures(agg, out):
     """Two PNGs per model; returns their names."""
     import matplotlib
@@ -304,10 +314,10 @@ def figures(agg, out):
                 else "narrow from scratch" if row.startswith("scratch")
                 else "structured " + row.split("-", 1)[1]
                 if row.startswith("st")
-                else "ours " + "".join(c for c in row if not c.isdigit())
+                else "ours " + _unstructured_family(row)
             )  # fmt: skip
             families.setdefault(family, []).append(s)
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
         # 40 colours: more families than tab20 holds must not repeat one.
         colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors
         for index, (family, points) in enumerate(families.items()):
