@@ -288,21 +288,23 @@ class SensitivityPruning(
             self._structured = bool(
                 getattr(self.optimizer.sensitivity, "per_neuron", False)
             )
-        if self._structured and self.exclude:
-            raise ValueError(
-                "SensitivityPruning: `exclude` selects entries to prune, but "
-                "the optimizer's sensitivity is per neuron, which makes the "
-                "pruning structured: pass `structured=False`. Received "
-                f"exclude={self.exclude!r}"
+        entry_only = {
+            key: value
+            for key, value, used in (
+                ("exclude", self.exclude, bool(self.exclude)),
+                ("block_size", self.block_size, self.block_size > 1),
             )
-        if self._structured and self.block_size > 1:
+            if used
+        }
+        if self._structured and entry_only:
             raise ValueError(
-                "SensitivityPruning: `block_size` > 1 prunes entries, but "
-                "the optimizer's sensitivity is per neuron, which makes the "
-                "pruning structured: pass `structured=False`. Received "
-                f"block_size={self.block_size}"
+                f"SensitivityPruning: {', '.join(map(repr, entry_only))} "
+                "select entries to prune, but the optimizer's sensitivity is "
+                "per neuron, which makes the pruning structured: pass "
+                "`structured=False`. Received "
+                + ", ".join(f"{k}={v!r}" for k, v in entry_only.items())
             )
-        if not self._structured and not self._variables():
+        if self.exclude and not self._structured and not self._variables():
             raise ValueError(
                 "SensitivityPruning: `exclude` matches every regularized "
                 f"variable of model {self.model.name!r}: nothing is left to "

@@ -1,5 +1,7 @@
 """SensitivityPruning inside fit: thresholds, masks, logs, errors."""
 
+import re
+
 import harness
 import keras
 import numpy as np
@@ -285,3 +287,27 @@ def test_plateau_schedule_resumes_bit_identical(digits, tmp_path, kill):
         np.testing.assert_array_equal(got, want)
     # Our state goes with the backup when fit completes.
     assert not harness.state_files(backup_dir, "sensitivity_pruning")
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"block_size": 4}, "block_size=4"),
+        ({"exclude": ["bias"]}, "exclude=['bias']"),
+    ],
+)
+def test_entry_options_refuse_a_per_neuron_sensitivity(digits, kwargs, named):
+    """`structured=None` follows the optimizer: a neuron sensitivity makes
+    the pruning structured, where entry blocks and excludes do not apply."""
+    x, y, _, _ = digits
+    optimizer = ks.SensitivityOptimizer(
+        keras.optimizers.SGD(0.1), sensitivity="neuron"
+    )
+    model = _model(compile_with=optimizer)
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity=0.5, verbose=0, **kwargs
+    )
+    with pytest.raises(
+        ValueError, match="structured=False.*" + re.escape(named)
+    ):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[pruner])
