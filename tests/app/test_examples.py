@@ -158,6 +158,28 @@ def check_psp_entropy(result, cwd):
     assert result["test_accuracy"] > 0.8
 
 
+def check_phone_export(result, cwd):
+    assert result["slim_params"] < result["dense_params"]
+    assert result["max_output_gap"] < 1e-4  # Slimming keeps the function.
+    # fc1 went to LiteRT's block-sparse kernel, with no batch shape ops.
+    ops = result["sparse_ops"]
+    assert "DENSIFY" not in ops and "SHAPE" not in ops, ops
+    assert 0 < result["slim_fc1_nonzero"] < 0.2
+    sizes = result["tflite_bytes"]
+    assert (
+        sizes["slim, block-sparse float32"]
+        < sizes["slim, float32"]
+        < sizes["dense network, float32"]
+    )
+    # The sparse export computes what the slim Keras model does.
+    assert result["tflite_accuracy"] == pytest.approx(
+        result["keras_accuracy_same_images"], abs=0.01
+    )
+    assert result["accuracy"] > 0.85
+    assert all(v > 0 for v in result["latency_vs_dense"].values())
+    assert (cwd / "phone_out" / "slim_block_sparse.tflite").stat().st_size > 0
+
+
 CHECKS = {
     "lobster": check_lobster,
     "serene_slim_tflite": check_serene_slim_tflite,
@@ -165,6 +187,7 @@ CHECKS = {
     "neq": check_neq,
     "rni": check_rni,
     "psp_entropy": check_psp_entropy,
+    "phone_export": check_phone_export,
 }
 
 
