@@ -164,8 +164,8 @@ def _fastest(ranked, r300, reference, latency):
         widths = r300[row]["slim_widths"]
         speed = _speed(latency, widths, "f32", row)
         if speed is not None:
-            timed.append((speed, _speed(latency, widths, "f32", row, MODES_1)))
-            timed[-1] += (row,)
+            one = _speed(latency, widths, "f32", row, MODES_1)
+            timed.append((speed, one, row))
     if len({speed for speed, _, _ in timed}) < 2:
         return ""
     lines = []
