@@ -257,8 +257,18 @@ def _tfmot(model, model_name, target, data, seed, workdir, epochs):
     return model, info["train_seconds"], extra
 
 
+def tflite_accuracy(blob, x, y, batch=1000):
+    """Test accuracy of a flatbuffer run in LiteRT (batches of `batch`)."""
+    logits = np.concatenate(
+        [ks.export.run_tflite(blob, [x[i : i + batch]])[0]
+         for i in range(0, len(x), batch)]
+    )  # fmt: skip
+    return float(np.mean(logits.argmax(axis=-1) == np.asarray(y)))
+
+
 def measure(model, data, export=True, sparse=False, slim_sparse=None):
-    """Accuracy, nonzero, slim widths/params; `.tflite` sizes and latency.
+    """Accuracy, nonzero, slim widths/params, the slim float32 and int8
+    `.tflite`s' test accuracy; with `export`, their sizes and latency.
 
     `slim_sparse`: a path (or "" for none) to also export the slim model
     with `sparse=True` (zeros inside its kept neurons), keeping its weights
@@ -278,11 +288,12 @@ def measure(model, data, export=True, sparse=False, slim_sparse=None):
         "slim_widths": slim_report["architecture"].split(" -> ")[-1],
         "slim_params": slim_report["total"]["params"],
     }
+    # What the phone runs, every seed: the test accuracy of the slim exports.
+    blob = ks.to_tflite(slim)
+    int8 = ks.to_tflite(slim, quantization="int8", representative_data=x[:200])
+    row["tflite_accuracy"] = tflite_accuracy(blob, x_test, y_test)
+    row["tflite_int8_accuracy"] = tflite_accuracy(int8, x_test, y_test)
     if export:
-        blob = ks.to_tflite(slim)
-        int8 = ks.to_tflite(
-            slim, quantization="int8", representative_data=x[:200]
-        )
         row["tflite_bytes"] = len(blob)
         row["tflite_int8_bytes"] = len(int8)
         row["latency_ms"] = ks.export.tflite_latency(blob, runs=300) * 1e3

@@ -115,6 +115,18 @@ def blobs_for(runs, calibration, root, batch_size=None):
     return blobs, notes
 
 
+def cpu_model():
+    """The processor's model name (ratios differ between processors)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 #: `latency` keys of the two export modes.
 MODES = {"results": None, "results_batch1": 1}
 
@@ -140,7 +152,7 @@ def main(argv=None):
     saved["latency"] = {
         "command": "python benchmarks/budgeted_latency.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPU cores",
         "reference": REFERENCE,
     }
     for key, batch_size in MODES.items():

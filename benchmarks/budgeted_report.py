@@ -29,8 +29,22 @@ def aggregate(runs):
         for row, group in rows.items():
             acc = np.array([g["accuracy"] for g in group])
             first = min(group, key=lambda g: g["seed"])
+            int8 = [
+                g["tflite_int8_accuracy"]
+                for g in group
+                if "tflite_int8_accuracy" in g
+            ]
             out[model][row] = {
                 "seeds": sorted(g["seed"] for g in group),
+                # The slim int8 `.tflite`'s test accuracy, where measured.
+                **(
+                    {
+                        "int8_accuracy": float(np.mean(int8)),
+                        "int8_runs": len(int8),
+                    }
+                    if int8
+                    else {}
+                ),
                 "accuracy": float(acc.mean()),
                 "low": float(acc.min()),
                 "high": float(acc.max()),
@@ -71,7 +85,8 @@ def table(rows):
     dense = rows.get("dense", {}).get("train_seconds")
     lines = [
         "| run | seeds | test accuracy (min-max) | nonzero | slim widths "
-        "| slim params | .tflite f32 | .tflite int8 | train time |",
+        "| slim params | .tflite f32 | .tflite int8 (its test acc) "
+        "| train time |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row, s in rows.items():
@@ -87,7 +102,12 @@ def table(rows):
             f32 = f"{s['tflite_bytes']:,}"
             if s.get("slim_sparse_tflite_bytes"):
                 f32 += f" (sparse {s['slim_sparse_tflite_bytes']:,})"
-            cells += [f32, f"{s['tflite_int8_bytes']:,}"]
+            int8 = f"{s['tflite_int8_bytes']:,}"
+            if "int8_accuracy" in s:
+                int8 += (
+                    f" (acc {s['int8_accuracy']:.4f}, {s['int8_runs']} runs)"
+                )
+            cells += [f32, int8]
         else:
             cells += ["", ""]
         cells.append(f"{s['train_seconds'] / dense:.2f}x" if dense else "")
@@ -180,6 +200,34 @@ def _fastest(ranked, r300, reference, latency):
     return " Fastest float32 slim exports: " + "; ".join(lines) + "."
 
 
+def _int8_route(ranked, r300, reference, latency):
+    """The most accurate slim int8 `.tflite` (its own test accuracy, every
+    seed measured) against `reference`'s accuracy, with its speed."""
+    measured = [
+        row
+        for row in ranked
+        if r300[row].get("int8_runs") == len(r300[row]["seeds"])
+    ]
+    if not measured:
+        return ""
+    row = max(measured, key=lambda row: r300[row]["int8_accuracy"])
+    s = r300[row]
+    speed = _speed(latency, s["slim_widths"], "int8")
+    one = _speed(latency, s["slim_widths"], "int8", key=MODES_1)
+    if speed is None:
+        return ""
+    ok = s["int8_accuracy"] >= reference["accuracy"] and speed >= 3
+    batch = f", {one:.2f}x at batch 1" if one is not None else ""
+    return (
+        f" In int8: **{'met' if ok else 'not met'}**: the most accurate slim "
+        f"int8 `.tflite`, `{row}`'s, scores {s['int8_accuracy']:.4f} in "
+        f"LiteRT (Keras float32 {s['accuracy']:.4f}; "
+        f"{(s['int8_accuracy'] - reference['accuracy']) * 100:+.2f} points "
+        f"against tfmot 98%) and runs {speed:.2f}x{batch} (an int8 export "
+        "against tfmot's float32 one: its best that LiteRT runs)."
+    )
+
+
 def goals(agg, latency=None):
     """Issue 13's goals (a), (b), (c) on the means; list of lines."""
     lines = []
@@ -258,7 +306,8 @@ def goals(agg, latency=None):
             f"{'met' if ok else 'not met'}**: accuracy "
             f"{'ok' if accurate else 'MISSED'}: best `{best}` "
             f"({len(s['seeds'])} seeds) {s['accuracy']:.4f} vs tfmot 98% "
-            f"{t['accuracy']:.4f} ({len(t['seeds'])} seeds)"
+            f"{t['accuracy']:.4f} ({len(t['seeds'])} seeds; "
+            f"{(s['accuracy'] - t['accuracy']) * 100:+.2f} points)"
             + (f" (then {others})" if others else "")
             + "; speed against tfmot 98%'s sparse-format float32 export "
             "(goal: 3x): its slim float32 `.tflite` (the faster of dense "
@@ -269,6 +318,7 @@ def goals(agg, latency=None):
             + batch1(best)
             + " (tfmot 98% has no sparse int8 export that LiteRT runs)."
             + _fastest(ranked, r300, t, latency)
+            + _int8_route(ranked, r300, t, latency)
         )
     r5 = agg.get("lenet5", {})
     if "dense" in r5:
@@ -414,8 +464,15 @@ def section(saved, out):
         lines.append("")
         if model == "lenet300" and latency:
             lines += latency_table(latency) + [""]
-    lines += ["### Goals (means over the seeds run)", ""]
-    lines += goals(agg, latency) + [""]
+    lines += [
+        "### Goals (three-seed means, seeds 0-2, as the issue judges them)",
+        "",
+        "A row's mean in the tables above also counts seeds 3-4 where they "
+        "ran; the goals count seeds 0-2 alone, for every row alike.",
+        "",
+    ]
+    first3 = aggregate([r for r in saved["runs"] if r["seed"] < 3])
+    lines += goals(first3, latency) + [""]
     for name in figures(agg, out):
         lines.append(f"![{name}]({name})")
     lines.append(END)
