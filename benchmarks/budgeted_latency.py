@@ -8,10 +8,15 @@ of the weights, so this rebuilds every timed variant from the shapes in
 `results_budgeted.json` with seeded weights (LeNet-300 as the zoo builds
 it: a 28x28x1 input and its `Flatten`) and times them all side by side
 (`ks.export.latency_ratios`: each repeat times every flatbuffer in turn,
-median of `runs`; the ratio's median and min-max over the repeats), twice:
-with a dynamic batch (`ks.to_tflite`'s default) and with `batch_size=1`
-(the `Flatten`'s shape ops folded away), each against the reference
-exported the same way:
+median of `runs`), twice: with a dynamic batch (`ks.to_tflite`'s default)
+and with `batch_size=1` (the `Flatten`'s shape ops folded away), each
+against the reference exported the same way. This machine's speed changes
+over minutes (the reference took 8.7 us in one run and 17 us in the next,
+and the dense XNNPACK exports slow down less than its sparse kernel), so
+the timing runs in `--rounds` rounds `--pause` seconds apart, both modes
+in each: a ratio is the median over the rounds of each round's ratio of
+medians, its range the rounds' min-max, and the JSON keeps the reference's
+time per round.
 
 - `tfmot98 sparse f32`: 784-300-100-10 with 2% of each kernel nonzero (tfmot
   98% prunes every layer to 98%), `EXPERIMENTAL_SPARSITY`: the reference;
@@ -35,6 +40,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -42,6 +48,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
+from keras_serene.export.latency import summarize_latencies  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = "tfmot98 sparse f32"
@@ -139,6 +146,15 @@ def main(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="timing rounds, --pause seconds apart: this machine's speed "
+        "changes over minutes, so a ratio is the median over the rounds "
+        "(each round: the median over --repeats), with the rounds' min-max",
+    )
+    parser.add_argument("--pause", type=float, default=30.0)
     args = parser.parse_args(argv)
     with open(args.json) as f:
         saved = json.load(f)
@@ -154,17 +170,35 @@ def main(argv=None):
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{cpu_model()}, {os.cpu_count()} CPU cores",
         "reference": REFERENCE,
+        "rounds": args.rounds,
+        "pause_s": args.pause,
     }
+    exports = {
+        key: blobs_for(runs, calibration, root, batch_size)
+        for key, batch_size in MODES.items()
+    }
+    notes = exports["results"][1]
+    seconds = {key: {name: [] for name in exports[key][0]} for key in MODES}
+    for round_ in range(args.rounds):
+        if round_:
+            time.sleep(args.pause)
+        for key, (blobs, _) in exports.items():  # Both modes each round.
+            result = ks.export.latency_ratios(
+                blobs, reference=REFERENCE, repeats=args.repeats, runs=args.runs
+            )
+            for name, value in result.items():
+                seconds[key][name].append(value["latency_ms"] / 1e3)
+    saved["latency"]["notes"] = notes
     for key, batch_size in MODES.items():
-        blobs, notes = blobs_for(runs, calibration, root, batch_size)
-        result = ks.export.latency_ratios(
-            blobs, reference=REFERENCE, repeats=args.repeats, runs=args.runs
-        )
-        saved["latency"]["notes"] = notes
+        blobs = exports[key][0]
+        result = summarize_latencies(seconds[key], REFERENCE)
         saved["latency"][key] = {
             name: {**value, "bytes": len(blobs[name])}
             for name, value in result.items()
         }
+        saved["latency"][f"{key}_reference_us_by_round"] = [
+            round(t * 1e6, 2) for t in seconds[key][REFERENCE]
+        ]
         print(
             f"\nbatch: {batch_size or 'dynamic'}\n{'flatbuffer':48s} "
             f"{'bytes':>9s} {'ms':>8s}  speed vs reference (min-max)"

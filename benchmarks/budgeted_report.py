@@ -115,14 +115,33 @@ def table(rows):
     return lines
 
 
+def _spread_text(latency):
+    """How the speed's median and range were taken (rounds or repeats)."""
+    if not latency.get("rounds"):
+        return "median and min-max over the repeats"
+    per_round = "; ".join(
+        f"{'batch 1' if key == MODES_1 else 'dynamic'} "
+        + ", ".join(f"{t:g}" for t in latency[f"{key}_reference_us_by_round"])
+        + " us"
+        for key in MODES
+        if f"{key}_reference_us_by_round" in latency
+    )
+    return (
+        f"the median and min-max over {latency['rounds']} rounds "
+        f"{latency.get('pause_s', 30):g} s apart (each round's ratio of its "
+        f"repeats' medians; the reference's time per round: {per_round})"
+    )
+
+
 def latency_table(latency):
     """The interleaved latencies of `budgeted_latency.py`."""
     lines = [
         f"Latency, produced by `{latency['command'].strip()}` "
         f"({latency['machine']}): single-thread LiteRT, batch 1, every "
         "flatbuffer timed in turn in each repeat (median of 300 invocations "
-        "per repeat); speed is the reference's time over the flatbuffer's, "
-        "median and min-max over the repeats. The models are rebuilt from "
+        "per repeat); speed is the reference's time over the flatbuffer's: "
+        + _spread_text(latency)
+        + ". The models are rebuilt from "
         "the slim widths above with seeded weights (a dense layer's latency "
         "does not depend on its values); the reference has 2% of each "
         "kernel nonzero, as tfmot 98% leaves it. `slim sparse ROW` rows are "
