@@ -321,7 +321,7 @@ def goals(agg, latency=None):
             return f"{value:.2f}x ({'ok' if value >= 3 else 'MISSED'})"
 
         lines.append(
-            f"- (b) structured LeNet-300, 80% of neurons: **"
+            f"- (b) structured LeNet-300, 80% of neurons, in float32: **"
             f"{'met' if ok else 'not met'}**: accuracy "
             f"{'ok' if accurate else 'MISSED'}: best `{best}` "
             f"({len(s['seeds'])} seeds) {s['accuracy']:.4f} vs tfmot 98% "
