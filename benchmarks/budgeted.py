@@ -16,6 +16,9 @@ Row names (`--rows`):
 - `stNN-CRIT` (`st80-mag`, `st80-global`, `st80-serene`, `st80-taylor`):
   ours, `structured=True`, NN% of the prunable neurons / channels removed;
   `-nd` without decay (`st80-mag-nd` is the L2-norm no-decay baseline);
+- `stNN-CRIT=W1-W2-...` (`st80-mag-nd=32-48`): the same, each hidden
+  layer keeping the width given (a dict `target_sparsity`, each layer's own
+  fraction; NN must be the share of neurons those widths remove);
 - a `@PP` suffix on any of ours (`st80-mag-nd@50`) ends the ramp at PP% of
   the epochs instead of the default 70%; `@BB-PP` also starts it at BB%
   instead of 0 (`st80-tglobal-nd@5-50`: from epoch 1 to epoch 10 of 20);
@@ -101,9 +104,40 @@ def block_size(name):
     return int(match.group(3)) if match and match.group(3) else 1
 
 
+def kept_widths(name):
+    """The `=W1-W2` hidden widths of a structured row, or None."""
+    head = name.split("@")[0].split("+")[0]
+    if "=" not in head:
+        return None
+    return tuple(int(w) for w in head.partition("=")[2].split("-"))
+
+
+def layer_targets(model, widths, percent):
+    """`{hidden layer name: fraction removed}` keeping `widths`, checked
+    against the row's percent of neurons removed."""
+
+    def width(layer):
+        config = layer.get_config()
+        return config.get("units", config.get("filters"))
+
+    hidden = [layer for layer in model.layers[:-1] if width(layer)]
+    sizes = [width(layer) for layer in hidden]
+    removed = 1 - sum(widths) / sum(sizes)
+    if len(widths) != len(hidden) or abs(removed - percent) > 0.005:
+        raise ValueError(
+            f"budgeted row widths {widths}: the hidden layers "
+            f"{[layer.name for layer in hidden]} have widths {sizes}; the "
+            f"widths must remove the row's {percent:.0%} of them"
+        )
+    return {
+        layer.name: 1 - kept / size
+        for layer, kept, size in zip(hidden, widths, sizes)
+    }
+
+
 def parse_row(name):
     """`(kind, target, criterion, decay)` of a row name."""
-    name = name.split("@")[0].split("+")[0]
+    name = name.split("@")[0].split("+")[0].partition("=")[0]
     if name == "dense":
         return "dense", None, None, 0.0
     if name.startswith("tfmot"):
@@ -159,6 +193,9 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
         split = int(0.9 * len(x))
         begin, end = ramp_window(row)
         inner = inner_sparsity(row)
+        widths = kept_widths(row)
+        if widths is not None:
+            target = layer_targets(model, widths, target)
         for structured, sparsity, ranking, block, exclude in (
             (kind == "structured", target, criterion, block_size(row), []),
             *([(False, *inner)] if inner else []),

@@ -20,7 +20,9 @@ entry once pruned is never revived: sparsity never decreases.
   one set of channels). A removed channel has its producing kernel slices
   and its BatchNormalization `gamma` masked; its bias (and BN `beta`) stays,
   since `ks.slim` folds the constant `act(b)` into the consumers exactly.
-  Each group keeps at least one channel.
+  Each group keeps at least one channel. A dict `target_sparsity` (ours,
+  after Torch-Pruning's `pruning_ratio_dict`) sets each layer's own
+  fraction: `ChannelPruner.layer_fractions`.
 """
 
 import numpy as np
@@ -253,14 +255,47 @@ class ChannelPruner:
                 )
         return [total / max(1, count) for total in totals]
 
+    def layer_fractions(self, targets, caller="SensitivityPruning"):
+        """Per group, the fraction `targets` (`{layer: fraction}`) asks of
+        it: a group goes by the fraction of the layer that produces it (a
+        name or an `"outer/inner"` path); groups of layers not named get 0.
+        A name that produces no prunable group is an error naming it."""
+        fractions = np.zeros(len(self.groups))
+        for name, value in targets.items():
+            hits = [
+                i
+                for i, group in enumerate(self.groups)
+                if any(
+                    source == name or source.endswith("/" + name)
+                    for source in group.sources
+                )
+            ]
+            if not hits:
+                prunable = sorted({s for g in self.groups for s in g.sources})
+                raise ValueError(
+                    f"{caller}: `target_sparsity` names layer {name!r}, "
+                    "which produces no prunable neuron group (model inputs"
+                    "/outputs and pinned groups are not prunable). Prunable"
+                    f" layers: {prunable}. Received target_sparsity="
+                    f"{targets!r}"
+                )
+            fractions[hits] = value
+        return fractions
+
     def prune_to(self, fraction, criterion, statistics=None):
         """Removes channels until `round(fraction * total)` are gone.
 
-        Returns the number of channels removed in total.
+        `fraction` is one float for every group, or one per group (equal-
+        fraction criteria only). Returns the number of channels removed in
+        total.
         """
         removed = self.removed()
         scores = self.scores(criterion, statistics)
-        target = int(round(fraction * self.total))
+        if np.ndim(fraction):
+            sizes = np.array([g.size for g in self.groups])
+            target = int(round(float(np.sum(fraction * sizes))))
+        else:
+            target = int(round(fraction * self.total))
         if criterion in pruning_criteria.GLOBAL_CRITERIA:
             chosen = _global_choice(
                 removed,
@@ -296,7 +331,8 @@ def _lowest(scores, removed, count):
 
 
 def _per_group_choice(removed, scores, fraction, target):
-    """The same fraction from every group (largest remainders), >= 1 kept."""
+    """`fraction` (one, or one per group) of every group's channels (largest
+    remainders), >= 1 kept."""
     sizes = np.array([len(r) for r in removed])
     done = np.array([int(r.sum()) for r in removed])
     caps = sizes - 1

@@ -10,6 +10,7 @@ comparison.
 """
 
 import keras
+import numpy as np
 
 from keras_serene.core import neurons as neurons_lib
 from keras_serene.sensitivity import budget_pruning
@@ -28,8 +29,11 @@ class BudgetPruningMixin:
                 "of steps per epoch: pass `steps_per_epoch=` to `fit` (the "
                 "dataset's length is unknown)."
             )
+        per_layer = isinstance(self.target_sparsity, dict)
         self.ramp = ramp_for_fit(
-            self.target_sparsity,
+            max(self.target_sparsity.values())
+            if per_layer
+            else self.target_sparsity,
             self.begin_epoch,
             self.end_epoch,
             self.frequency,
@@ -46,7 +50,7 @@ class BudgetPruningMixin:
                     "callback."
                 )
             self._batches = criteria.sample_batches(self.validation_data)
-        self._channels = None
+        self._channels = self._shares = None
         # Through `ks.SensitivityModel`, the user's model is `.model`.
         self._net = _user_model(self.model)
         if self._structured:
@@ -61,8 +65,24 @@ class BudgetPruningMixin:
                     "prunable neuron group (every group is a model input or "
                     "output, or pinned)."
                 )
+            # Each group's final fraction over the ramp's: scales the ramp.
+            self._shares = (
+                self._channels.layer_fractions(self.target_sparsity)
+                / self.ramp.target
+                if per_layer
+                else None
+            )
         self._neuron_of = _bias_lookup(self.model)
         self._first_epoch = True
+
+    def _scheduled(self, step):
+        """The ramp at `step`: the fraction of entries (structured: of the
+        prunable channels, each layer's own with a dict target) at zero."""
+        fraction = self.ramp.sparsity(step)
+        if self._channels is None or self._shares is None:
+            return fraction
+        sizes = np.array([group.size for group in self._channels.groups])
+        return fraction * float(self._shares @ sizes) / self._channels.total
 
     def _prune_step(self, step, epoch):
         fraction = self.ramp.sparsity(step)
@@ -83,7 +103,9 @@ class BudgetPruningMixin:
             self._statistics = statistics = new
         if self._channels is not None:
             count = self._channels.prune_to(
-                fraction, self.criterion, statistics
+                fraction if self._shares is None else fraction * self._shares,
+                self.criterion,
+                statistics,
             )
         else:
             variables = self._variables()
@@ -99,13 +121,13 @@ class BudgetPruningMixin:
                 self.optimizer, variables, fraction, scores, self.block_size
             )
         self.history.append(
-            {"step": step, "scheduled": fraction, "pruned": count}
+            {"step": step, "scheduled": self._scheduled(step), "pruned": count}
         )
         if self.verbose:
             unit = "channels" if self._channels is not None else "entries"
             self._say(
                 f"Step {step}: SensitivityPruning scheduled sparsity "
-                f"{fraction:.2%}, {count} {unit} pruned."
+                f"{self._scheduled(step):.2%}, {count} {unit} pruned."
             )
 
 

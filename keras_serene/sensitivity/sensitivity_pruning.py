@@ -51,6 +51,46 @@ def _number(name, value, low, allow_none=False, integer=False):
     return value
 
 
+def _target(value, structured, criterion):
+    """`target_sparsity` checked: None, a float in (0, 1), or (structured,
+    equal-fraction criteria) a non-empty `{layer name: float in (0, 1)}`."""
+    if not isinstance(value, dict):
+        _number("target_sparsity", value, 0.0, allow_none=True)
+        if value is not None and not 0 < value < 1:
+            raise ValueError(
+                "SensitivityPruning: `target_sparsity` must be in (0, 1), a "
+                "dict of them per layer, or None. Received target_sparsity="
+                f"{value}"
+            )
+        return None if value is None else float(value)
+    if not value or not all(isinstance(k, str) for k in value):
+        raise TypeError(
+            "SensitivityPruning: a dict `target_sparsity` maps layer names "
+            f"to fractions. Received target_sparsity={value!r}"
+        )
+    for name, fraction in value.items():
+        _number(f"target_sparsity[{name!r}]", fraction, 0.0)
+        if not 0 < fraction < 1:
+            raise ValueError(
+                f"SensitivityPruning: `target_sparsity[{name!r}]` must be in "
+                f"(0, 1). Received target_sparsity={value!r}"
+            )
+    if structured is False:
+        raise ValueError(
+            "SensitivityPruning: a dict `target_sparsity` gives each layer's "
+            "fraction of neurons to remove, which is structured pruning. "
+            f"Received target_sparsity={value!r}, structured=False"
+        )
+    if criterion in criteria.GLOBAL_CRITERIA:
+        raise ValueError(
+            f"SensitivityPruning: criterion={criterion!r} chooses each "
+            "layer's share itself; a dict `target_sparsity` fixes them: pass "
+            "a float target or an equal-fraction criterion such as "
+            f"'magnitude'. Received target_sparsity={value!r}"
+        )
+    return {name: float(fraction) for name, fraction in value.items()}
+
+
 @keras.saving.register_keras_serializable(package="keras_serene")
 class SensitivityPruning(
     BudgetPruningMixin, PlateauPruningMixin, keras.callbacks.Callback
@@ -100,8 +140,13 @@ class SensitivityPruning(
     ```
 
     Args:
-        target_sparsity: Float in (0, 1) or None. The budgeted target;
-            None selects the plateau schedule. Defaults to `None`.
+        target_sparsity: Float in (0, 1), dict, or None. The budgeted
+            target; None selects the plateau schedule. A dict `{layer name:
+            fraction}` (structured, equal-fraction criteria; ours, after
+            Torch-Pruning's `pruning_ratio_dict`) removes that fraction of
+            each named layer's neurons or channels on the same ramp and
+            leaves the layers not named whole: `{"fc1": 0.9, "fc2": 0.5}`
+            sizes each layer for the target hardware. Defaults to `None`.
         structured: Bool or None. Prune whole neurons / channels. `None`:
             on when the optimizer's sensitivity is per neuron. Defaults to
             `None`.
@@ -195,12 +240,7 @@ class SensitivityPruning(
         verbose=1,
     ):
         super().__init__()
-        _number("target_sparsity", target_sparsity, 0.0, allow_none=True)
-        if target_sparsity is not None and not 0 < target_sparsity < 1:
-            raise ValueError(
-                "SensitivityPruning: `target_sparsity` must be in (0, 1) or "
-                f"None. Received target_sparsity={target_sparsity}"
-            )
+        target_sparsity = _target(target_sparsity, structured, criterion)
         _number("begin_epoch", begin_epoch, 0)
         _number("end_epoch", end_epoch, 0, allow_none=True)
         if end_epoch is not None and not end_epoch > begin_epoch:
@@ -210,7 +250,10 @@ class SensitivityPruning(
             )
         _number("frequency", frequency, 1, integer=True)
         _number("block_size", block_size, 1, integer=True)
-        if block_size > 1 and (target_sparsity is None or structured):
+        per_layer = isinstance(target_sparsity, dict)
+        if block_size > 1 and (
+            target_sparsity is None or structured or per_layer
+        ):
             raise ValueError(
                 "SensitivityPruning: `block_size` > 1 applies to the "
                 "budgeted, unstructured schedule (pass `target_sparsity=` "
@@ -249,9 +292,7 @@ class SensitivityPruning(
                 "schedule; the plateau schedule thresholds magnitudes. Pass "
                 f"`target_sparsity=`. Received criterion={criterion!r}"
             )
-        self.target_sparsity = (
-            None if target_sparsity is None else float(target_sparsity)
-        )
+        self.target_sparsity = target_sparsity
         self.begin_epoch = begin_epoch
         self.end_epoch = end_epoch
         self.frequency = int(frequency)
@@ -259,7 +300,7 @@ class SensitivityPruning(
         exclude = checks.check_patterns(
             "SensitivityPruning", "exclude", exclude
         )
-        if exclude and structured:
+        if exclude and (structured or per_layer):
             raise ValueError(
                 "SensitivityPruning: `exclude` selects entries to prune; "
                 "structured pruning takes its groups from `ks.slimming_plan`"
@@ -284,7 +325,9 @@ class SensitivityPruning(
         )
         masks_lib.ensure_built(self.optimizer, self.model)
         self._structured = self.structured
-        if self._structured is None:
+        if isinstance(self.target_sparsity, dict):
+            self._structured = True  # `_target` refused structured=False.
+        elif self._structured is None:
             self._structured = bool(
                 getattr(self.optimizer.sensitivity, "per_neuron", False)
             )
@@ -348,7 +391,7 @@ class SensitivityPruning(
             self.plateau_epoch_end(epoch, logs)
         else:
             step = self._base + int(self.params["steps"])
-            scheduled = self.ramp.sparsity(step)
+            scheduled = self._scheduled(step)
             if self._channels is None:
                 logs["scheduled_sparsity"] = scheduled
             else:  # Its own keys: a second, unstructured ramp may share logs.

@@ -164,6 +164,60 @@ def test_structured_mlp_removes_exactly_the_fraction_and_slims(digits):
     )
 
 
+def test_per_layer_targets_size_each_layer_and_slim(digits):
+    """A dict target removes each named layer's own fraction on the ramp;
+    the layers not named stay whole."""
+    x, y, x_test, _ = digits
+    model = _mlp()
+    first, second = (layer.name for layer in model.layers[1:3])
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity={first: 0.875}, structured=True, end_epoch=2,
+        verbose=0,
+    )  # fmt: skip
+    logs = _fit(model, x, y, pruner, epochs=3)
+    # 28 of fc1's 32 neurons, none of the 16 of the next layer: 28 / 48.
+    assert logs["removed_neurons"][-1] == pytest.approx(28 / 48)
+    assert logs["scheduled_removed_neurons"][-1] == pytest.approx(28 / 48)
+    assert logs["removed_neurons"][0] < 28 / 48  # On the ramp, not at once.
+    slim = ks.slim(ks.strip_masks(model))
+    widths = [
+        layer.units
+        for layer in slim.layers
+        if isinstance(layer, keras.layers.Dense)
+    ]
+    assert widths == [4, 16, 10]
+    np.testing.assert_allclose(
+        slim.predict(x_test, verbose=0),
+        model.predict(x_test, verbose=0),
+        atol=1e-4,
+    )
+    model = _mlp()
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity={model.layers[1].name: 0.5, model.layers[2].name: 0.75},
+        verbose=0,
+    )
+    logs = _fit(model, x, y, pruner, epochs=2)
+    widths = [
+        layer.units
+        for layer in ks.slim(ks.strip_masks(model)).layers
+        if isinstance(layer, keras.layers.Dense)
+    ]
+    assert widths == [16, 4, 10]
+    assert logs["removed_neurons"][-1] == pytest.approx(28 / 48)
+
+
+def test_per_layer_target_naming_no_prunable_layer_is_an_error(digits):
+    x, y, _, _ = digits
+    model = _mlp()
+    output = model.layers[-1].name
+    for name in ("fc9", output):
+        pruner = ks.callbacks.SensitivityPruning(
+            target_sparsity={name: 0.5}, verbose=0
+        )
+        with pytest.raises(ValueError, match=f"names layer '{name}'"):
+            _fit(model, x, y, pruner, epochs=1)
+
+
 def test_structured_and_unstructured_in_one_fit(digits):
     """Two callbacks on one optimizer's masks: neurons go, then zeros
     inside the kept ones; the slim model keeps the structured widths."""
@@ -407,6 +461,25 @@ def test_mirrored_strategy_reaches_the_target():
         ({"frequency": 2.5}, TypeError, "frequency=2.5"),
         ({"patience": -1}, ValueError, "SensitivityPruning.*patience=-1"),
         ({"criterion": "l3"}, ValueError, "criterion='l3'"),
+        ({"target_sparsity": {"fc1": 1.0}}, ValueError, "'fc1'.*1.0"),
+        ({"target_sparsity": {"fc1": "a"}}, TypeError, "'fc1'"),
+        ({"target_sparsity": {}}, TypeError, "target_sparsity={}"),
+        ({"target_sparsity": {1: 0.5}}, TypeError, "layer names"),
+        (
+            {"target_sparsity": {"fc1": 0.5}, "structured": False},
+            ValueError,
+            "structured=False",
+        ),
+        (
+            {"target_sparsity": {"fc1": 0.5}, "criterion": "taylor_global"},
+            ValueError,
+            "'taylor_global' chooses each layer's share",
+        ),
+        (
+            {"target_sparsity": {"fc1": 0.5}, "block_size": 4},
+            ValueError,
+            "block_size=4",
+        ),
     ],
 )
 def test_bad_arguments_name_sensitivity_pruning(kwargs, error, match):
@@ -444,3 +517,11 @@ def test_budgeted_config_round_trip():
     assert config["end_epoch"] == 5.5 and config["criterion"] == (
         "magnitude_global"
     )
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity={"fc1": 0.9, "outer/fc2": 0.5}, verbose=0
+    )
+    again = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(pruner)
+    )
+    assert again.target_sparsity == {"fc1": 0.9, "outer/fc2": 0.5}
+    assert again.get_config() == pruner.get_config()

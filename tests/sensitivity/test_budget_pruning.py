@@ -115,6 +115,21 @@ def test_per_group_choice_takes_the_same_fraction_and_keeps_one():
     assert [int(c.sum()) for c in chosen] == [9, 3, 1]
 
 
+def test_per_group_choice_takes_each_groups_own_fraction():
+    removed = [np.zeros(10, bool), np.zeros(4, bool), np.zeros(2, bool)]
+    scores = [np.arange(10.0), np.array([3.0, 1.0, 2.0, 0.0]), np.ones(2)]
+    # 0.8 of 10 and 0.25 of 4, none of the third: 8 + 1 + 0 = 9.
+    fractions = np.array([0.8, 0.25, 0.0])
+    chosen = budget_pruning._per_group_choice(removed, scores, fractions, 9)
+    assert [int(c.sum()) for c in chosen] == [8, 1, 0]
+    assert np.flatnonzero(chosen[0]).tolist() == list(range(8))
+    assert np.flatnonzero(chosen[1]).tolist() == [3]
+    # Halfway up the ramp (0.4, 0.125, 0: 4 + 0.5 -> 5 in all) the larger
+    # remainder, the second group's 0.5, takes the extra channel.
+    chosen = budget_pruning._per_group_choice(removed, scores, fractions / 2, 5)
+    assert [int(c.sum()) for c in chosen] == [4, 1, 0]
+
+
 def test_global_choice_normalises_per_group_and_keeps_one():
     removed = [np.zeros(4, bool), np.zeros(2, bool)]
     # Group 0 norms are 100x group 1's, but normalised they interleave.
