@@ -386,7 +386,10 @@ def figures(agg, out):
                 else "ours " + _unstructured_family(row)
             )  # fmt: skip
             families.setdefault(family, []).append(s)
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+        # Over 20 families the legend takes two columns (one would run off
+        # the figure's foot).
+        ncol = 1 if len(families) <= 20 else 2
+        fig, axes = plt.subplots(1, 2, figsize=(13 + 3.5 * (ncol - 1), 5.6))
         # 40 colours: more families than tab20 holds must not repeat one.
         colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors
         for index, (family, points) in enumerate(families.items()):
@@ -424,7 +427,9 @@ def figures(agg, out):
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_ylabel("test accuracy")
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        axes[1].legend(
+            fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=ncol
+        )
         fig.suptitle(f"{model}: budgeted pruning, mean and min-max over seeds")
         fig.tight_layout()
         name = f"results_budgeted_{model}.png"
