@@ -115,24 +115,36 @@ def kept_widths(name):
 def layer_targets(model, widths, percent):
     """`{hidden layer name: fraction removed}` keeping `widths`, checked
     against the row's percent of neurons removed."""
-
-    def width(layer):
-        config = layer.get_config()
-        return config.get("units", config.get("filters"))
-
-    hidden = [layer for layer in model.layers[:-1] if width(layer)]
-    sizes = [width(layer) for layer in hidden]
+    hidden = _hidden(model.get_config())
+    names = [layer["name"] for layer in hidden]
+    sizes = [_width(layer) for layer in hidden]
     removed = 1 - sum(widths) / sum(sizes)
     if len(widths) != len(hidden) or abs(removed - percent) > 0.005:
         raise ValueError(
-            f"budgeted row widths {widths}: the hidden layers "
-            f"{[layer.name for layer in hidden]} have widths {sizes}; the "
-            f"widths must remove the row's {percent:.0%} of them"
+            f"budgeted row widths {widths}: the hidden layers {names} have "
+            f"widths {sizes}; the widths must remove the row's {percent:.0%} "
+            "of them"
         )
     return {
-        layer.name: 1 - kept / size
-        for layer, kept, size in zip(hidden, widths, sizes)
+        name: 1 - kept / size for name, kept, size in zip(names, widths, sizes)
     }
+
+
+def _hidden(config):
+    """The layer configs of a model config's hidden Dense/Conv layers, in
+    order (every layer with `units` or `filters` but the output one)."""
+    last = config["layers"][-1]["name"]
+    return [
+        layer
+        for layer in config["layers"]
+        if layer["name"] != last
+        and ({"units", "filters"} & set(layer["config"]))
+    ]
+
+
+def _width(layer):
+    inner = layer["config"]
+    return inner["units"] if "units" in inner else inner["filters"]
 
 
 def parse_row(name):
@@ -239,13 +251,7 @@ def narrow(model, removed=0.0, widths=None):
     width times `1 - removed` (rounded, at least 1), or the `widths` given,
     in layer order; the output layer keeps its width."""
     config = model.get_config()
-    last = config["layers"][-1]["name"]
-    hidden = [
-        layer
-        for layer in config["layers"]
-        if layer["name"] != last
-        and ({"units", "filters"} & set(layer["config"]))
-    ]
+    hidden = _hidden(config)
     if widths is not None and len(widths) != len(hidden):
         raise ValueError(
             f"scratch widths {widths} do not match the {len(hidden)} hidden "

@@ -255,7 +255,7 @@ class ChannelPruner:
                 )
         return [total / max(1, count) for total in totals]
 
-    def layer_fractions(self, targets, caller="SensitivityPruning"):
+    def layer_fractions(self, targets):
         """Per group, the fraction `targets` (`{layer: fraction}`) asks of
         it: a group goes by the fraction of the layer that produces it (a
         name or an `"outer/inner"` path); groups of layers not named get 0.
@@ -273,10 +273,11 @@ class ChannelPruner:
             if not hits:
                 prunable = sorted({s for g in self.groups for s in g.sources})
                 raise ValueError(
-                    f"{caller}: `target_sparsity` names layer {name!r}, "
-                    "which produces no prunable neuron group (model inputs"
-                    "/outputs and pinned groups are not prunable). Prunable"
-                    f" layers: {prunable}. Received target_sparsity="
+                    "SensitivityPruning: `target_sparsity` names layer "
+                    f"{name!r}, which produces no prunable neuron group "
+                    "(model inputs/outputs and pinned groups are not "
+                    f"prunable). Prunable layers: {prunable}. Received "
+                    "target_sparsity="
                     f"{targets!r}"
                 )
             fractions[hits] = value
