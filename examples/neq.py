@@ -123,9 +123,13 @@ def main(argv=None):
 
     frozen = history.history["frozen_fraction"]
     saved = history.history["backprop_flops_saved"]
-    print(f"\n{'epoch':>5}{'frozen_fraction':>17}{'backprop_flops_saved':>22}")
-    for epoch, (f, s) in enumerate(zip(frozen, saved), start=1):
-        print(f"{epoch:>5}{f:>17.3f}{s:>22.3f}")
+    skipped = history.history["backprop_flops_skipped"]
+    print(
+        f"\n{'epoch':>5}{'frozen_fraction':>17}{'backprop_flops_saved':>22}"
+        f"{'backprop_flops_skipped':>24}"
+    )
+    for epoch, row in enumerate(zip(frozen, saved, skipped), start=1):
+        print(f"{epoch:>5}{row[0]:>17.3f}{row[1]:>22.3f}{row[2]:>24.3f}")
     print("last epoch, per layer:")
     for layer, stats in neq.layer_stats.items():
         print(f"  {layer}: {stats['frozen']}/{stats['neurons']} frozen")
@@ -144,6 +148,7 @@ def main(argv=None):
         "frozen_fraction": [round(float(f), 4) for f in frozen],
         "backprop_flops_saved": [round(float(s), 4) for s in saved],
         "mean_backprop_flops_saved": round(float(np.mean(saved)), 4),
+        "backprop_flops_skipped": [round(float(s), 4) for s in skipped],
         "probe_samples": n_probe,
         "wall_time_ratio": round(history.seconds / plain_history.seconds, 3),
         "neurons": sum(s["neurons"] for s in neq.layer_stats.values()),

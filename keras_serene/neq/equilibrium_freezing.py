@@ -48,6 +48,9 @@ from keras_serene.neq.subset import CALLER
 from keras_serene.neq.subset import num_samples
 from keras_serene.neq.subset import subset_inputs
 
+#: The figures each epoch's `logs` get (from the epoch's `history` entry).
+LOGGED = ("frozen_fraction", "backprop_flops_saved", "backprop_flops_skipped")
+
 
 @keras.saving.register_keras_serializable(package="keras_serene")
 class EquilibriumFreezing(keras.callbacks.Callback):
@@ -64,9 +67,12 @@ class EquilibriumFreezing(keras.callbacks.Callback):
     layer whose neurons are all frozen is made non-trainable for that epoch,
     so its weight gradients are not computed (one traced train function per
     set of skipped layers, reused). Each epoch's logs get `frozen_fraction`
-    (neurons frozen during the epoch) and `backprop_flops_saved`
+    (neurons frozen during the epoch), `backprop_flops_saved`
     (`sum_l flops_l * frozen_l / sum_l flops_l` over the Dense/Conv/BN
-    layers, counted from the layer shapes).
+    layers, counted from the layer shapes: the paper's measure, the work a
+    masked update makes useless) and `backprop_flops_skipped` (the same sum
+    over the skipped layers only: the work not computed at all). On a CPU
+    only the second saves time (`benchmarks/neq_partial.py`).
 
     The model must be compiled with a masking optimizer around your own:
     `ks.MaskingOptimizer(optimizer)` (add `mask_gradients=True` for the
@@ -76,8 +82,9 @@ class EquilibriumFreezing(keras.callbacks.Callback):
     `backup_dir`).
 
     After each epoch, `history` (one dict per epoch: `frozen_fraction`,
-    `backprop_flops_saved`, `skipped` layers, `frozen` count per layer,
-    `probe_seconds`: the wall time of the probe, NEq's own cost),
+    `backprop_flops_saved`, `backprop_flops_skipped`, `skipped` layers,
+    `frozen` count per layer, `probe_seconds`: the wall time of the probe,
+    NEq's own cost),
     `layer_stats` (per layer: `neurons`, `frozen`, `backprop_flops`,
     `skipped`), `frozen` and `velocity` (per layer arrays, the decision for
     the next epoch) describe the state. Memory: the previous epoch's outputs
@@ -240,9 +247,9 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         skipped = [layer.name for layer in self._skip.skipped]
         self._skip.restore()  # the model is the user's between epochs
         logs = logs if logs is not None else {}
-        frozen_fraction, flops_saved = self._write_stats(epoch, skipped)
-        logs["frozen_fraction"] = frozen_fraction
-        logs["backprop_flops_saved"] = flops_saved
+        stats = self._write_stats(epoch, skipped)
+        for key in LOGGED:
+            logs[key] = stats[key]
         start = time.perf_counter()
         phis = self._probe.run(compare=True)
         self.history[-1]["probe_seconds"] = time.perf_counter() - start
@@ -365,6 +372,10 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         flops_saved = eq.backprop_flops_saved(
             flops + passive, fractions + [0.0] * len(passive)
         )
+        whole = [float(r.layer.name in skipped) for r in self._records]
+        flops_skipped = eq.backprop_flops_saved(
+            flops + passive, whole + [0.0] * len(passive)
+        )
         self.layer_stats = {
             r.layer.name: {
                 "neurons": int(r.applied.size),
@@ -379,13 +390,14 @@ class EquilibriumFreezing(keras.callbacks.Callback):
                 "epoch": epoch + 1,
                 "frozen_fraction": frozen_fraction,
                 "backprop_flops_saved": flops_saved,
+                "backprop_flops_skipped": flops_skipped,
                 "skipped": list(skipped),
                 "frozen": {
                     r.layer.name: int(r.applied.sum()) for r in self._records
                 },
             }
         )
-        return frozen_fraction, flops_saved
+        return self.history[-1]
 
     def get_config(self):
         return {

@@ -120,6 +120,10 @@ def check_neq(result, cwd):
     assert result["mean_backprop_flops_saved"] == pytest.approx(
         sum(saved) / len(saved), abs=1e-3
     )
+    # Skipped work (a whole layer frozen) is part of the masked work.
+    skipped = result["backprop_flops_skipped"]
+    assert len(skipped) == len(saved)
+    assert all(0.0 <= k <= s + 1e-9 for k, s in zip(skipped, saved))
     # LeNet-5's conv channels and fc1 units (the output layer is not watched).
     assert result["neurons"] == 20 + 50 + 500
     assert result["plain_accuracy"] > 0.85

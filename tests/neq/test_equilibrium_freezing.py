@@ -19,6 +19,7 @@ HISTORY_FIELDS = {
     "epoch",
     "frozen_fraction",
     "backprop_flops_saved",
+    "backprop_flops_skipped",
     "skipped",
     "frozen",
     "probe_seconds",
@@ -177,6 +178,8 @@ def test_warm_up_then_every_watched_neuron_frozen_and_flops_by_hand():
     np.testing.assert_allclose(
         logs["backprop_flops_saved"], [0.0, 1824 / 2212, 1824 / 2212]
     )
+    # Masked, not skipped: every gradient is still computed.
+    assert logs["backprop_flops_skipped"] == [0.0, 0.0, 0.0]
     assert neq.layer_stats == {
         "conv": {
             "neurons": 3,
@@ -306,6 +309,13 @@ def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
         ["conv"],
         ["conv"],
     ]
+    # The skipped conv's share of the backprop work (BN is masked, so it
+    # counts as saved, not skipped): conv 1824; BN 4 * 16 * 3 = 192; the
+    # Dense head (not watched) 388.
+    skipped = [h["backprop_flops_skipped"] for h in neq.history]
+    saved = [h["backprop_flops_saved"] for h in neq.history]
+    np.testing.assert_allclose(skipped, [0.0] + [1824 / 2404] * 3)
+    np.testing.assert_allclose(saved, [0.0] + [(1824 + 192) / 2404] * 3)
     for name in ("conv", "bn"):
         # kernel and bias, or gamma and beta (BN frozen by its masks).
         for before, after in zip(
