@@ -10,12 +10,17 @@ Row names (`--rows`):
   process; its slim widths are what `ks.slim` removes of its dead neurons);
 - `CRIT` + `NN` (`mag98`, `taylor98`, `serene98`, `mag98.5`): ours,
   unstructured, `SensitivityPruning(target_sparsity=0.NN, criterion=...)`
-  with LOBSTER decay 1e-4; a `-nd` suffix trains without decay; `bK`
+  with LOBSTER decay 1e-4; a `-nd` suffix trains without decay, `-dX`
+  with decay X (`mag90-d1e-3`); `bK`
   after the target (`mag98b4`) prunes blocks of K neighbouring inputs
   (`block_size=K`);
 - `stNN-CRIT` (`st80-mag`, `st80-global`, `st80-serene`, `st80-taylor`):
   ours, `structured=True`, NN% of the prunable neurons / channels removed;
   `-nd` without decay (`st80-mag-nd` is the L2-norm no-decay baseline);
+- `CRITNN=kernels`: ours, unstructured, biases not pruned (kernels only,
+  as tfmot); `CRITNN=each`: every layer with a kernel at NN% of that
+  kernel, ranked within the layer (a dict `target_sparsity` with
+  `structured=False`: tfmot's equal fraction per layer, biases kept);
 - `stNN-CRIT=W1-W2-...` (`st80-mag-nd=32-48`): the same, each hidden
   layer keeping the width given (a dict `target_sparsity`, each layer's own
   fraction; NN must be the share of neurons those widths remove);
@@ -99,15 +104,38 @@ def inner_sparsity(name):
 
 def block_size(name):
     """The `bK` of an unstructured row (`mag98b4` -> 4), else 1."""
-    name = name.split("@")[0].split("+")[0].removesuffix("-nd")
-    match = UNSTRUCTURED.match(name)
+    name = name.split("@")[0].split("+")[0].partition("=")[0]
+    match = UNSTRUCTURED.match(split_decay(name)[0])
     return int(match.group(3)) if match and match.group(3) else 1
+
+
+def entry_scope(name, model, target):
+    """`(target, exclude)` of an unstructured row's callback: `=kernels`
+    excludes biases; `=each` gives every layer with a kernel the target on
+    its own (a dict target, `structured=False`), biases excluded."""
+    head = name.split("@")[0].split("+")[0]
+    scope = head.partition("=")[2] if "=" in head else ""
+    if parse_row(name)[0] != "unstructured" or not scope:
+        return target, []
+    if scope == "kernels":
+        return target, ["bias"]
+    if scope == "each":
+        layers = [
+            layer.name
+            for layer in model.layers
+            if getattr(layer, "kernel", None) is not None
+        ]
+        return dict.fromkeys(layers, target), ["bias"]
+    raise ValueError(
+        f"budgeted row {name!r}: an unstructured row's `=` suffix is "
+        "`=kernels` or `=each`"
+    )
 
 
 def kept_widths(name):
     """The `=W1-W2` hidden widths of a structured row, or None."""
     head = name.split("@")[0].split("+")[0]
-    if "=" not in head:
+    if "=" not in head or parse_row(name)[0] != "structured":
         return None
     return tuple(int(w) for w in head.partition("=")[2].split("-"))
 
@@ -147,6 +175,17 @@ def _width(layer):
     return inner["units"] if "units" in inner else inner["filters"]
 
 
+def split_decay(name):
+    """`(name without its decay suffix, decay)`: `-nd` 0, `-dX` X, else
+    `DECAY`."""
+    if name.endswith("-nd"):
+        return name[:-3], 0.0
+    if re.search(r"-d[0-9.e-]+$", name):
+        base, _, value = name.rpartition("-d")
+        return base, float(value)
+    return name, DECAY
+
+
 def parse_row(name):
     """`(kind, target, criterion, decay)` of a row name."""
     name = name.split("@")[0].split("+")[0].partition("=")[0]
@@ -159,8 +198,7 @@ def parse_row(name):
         return "scratch", widths, None, 0.0
     if name.startswith("scratch"):
         return "scratch", int(name[7:]) / 100, None, 0.0
-    decay = 0.0 if name.endswith("-nd") else DECAY
-    base = name[:-3] if name.endswith("-nd") else name
+    base, decay = split_decay(name)
     if base.startswith("st"):
         percent, criterion = base[2:].split("-")
         return "structured", int(percent) / 100, CRITERIA[criterion], decay
@@ -208,8 +246,9 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
         widths = kept_widths(row)
         if widths is not None:
             target = layer_targets(model, widths, target)
+        target, scope = entry_scope(row, model, target)
         for structured, sparsity, ranking, block, exclude in (
-            (kind == "structured", target, criterion, block_size(row), []),
+            (kind == "structured", target, criterion, block_size(row), scope),
             *([(False, *inner)] if inner else []),
         ):
             callbacks.append(

@@ -257,15 +257,29 @@ def _goal_a(rows, model_name):
         n = min(len(rows[row]["seeds"]) for row in names)
         return f"{n} seed{'s' if n != 1 else ''}"
 
+    def variants(ours):
+        """Our other magnitude rows at the target (`-nd`, `=each`, ...)."""
+        found = [
+            row
+            for row in rows
+            if re.match(rf"^{re.escape(ours)}[-=]", row) and "+" not in row
+        ]
+        return ", ".join(
+            f"`{row}` {acc(row):.4f} ({seeds(row)})" for row in sorted(found)
+        )
+
     checks = []
     for target in (90, 95, 98, 99):
         ours, theirs = f"mag{target}", f"tfmot{target}"
         if acc(ours) is not None and acc(theirs) is not None:
+            ok = acc(ours) >= acc(theirs)
+            others = "" if ok else variants(ours)
             checks.append(
                 (
-                    acc(ours) >= acc(theirs),
+                    ok,
                     f"{target}%: ours {acc(ours):.4f} vs tfmot "
-                    f"{acc(theirs):.4f} ({seeds(ours, theirs)})",
+                    f"{acc(theirs):.4f} ({seeds(ours, theirs)})"
+                    + (f" (other variants: {others})" if others else ""),
                 )
             )
     if acc("mag99") is not None and acc("tfmot98") is not None:

@@ -13,7 +13,10 @@ entry once pruned is never revived: sparsity never decreases.
   block of that many consecutive entries along a kernel's input axis (one
   output's weights from neighbouring inputs: the 1x4 blocks LiteRT's sparse
   FULLY_CONNECTED kernel runs fast), scored by its entries' mean score;
-  whole blocks go until at least `round(s * N)` entries are zero.
+  whole blocks go until at least `round(s * N)` entries are zero. A dict
+  `target_sparsity` with `structured=False` ranks each named layer's
+  entries on their own, to that layer's fraction (tfmot's per-layer
+  sparsity when every layer is named).
 - `ChannelPruner`: whole neurons and conv channels (SeReNe, arXiv
   2102.03773), counted over the free groups of `ks.slimming_plan` (not the
   model's inputs or outputs, nor pinned groups; a coupled residual group is
@@ -110,6 +113,20 @@ def _choose_blocks(variables, flat, forced, target, block_size):
     chosen_blocks = np.zeros(offset, bool)
     chosen_blocks[order[: last + 1]] = True
     return chosen_blocks[ids], float(means[order[last]])
+
+
+def layer_named(layer, names):
+    """The entry of `names` (layer names or `"outer/inner"` paths) that
+    names the layer at path `layer`, or None."""
+    for name in names:
+        if layer == name or layer.endswith("/" + name):
+            return name
+    return None
+
+
+def layer_of(variable, names):
+    """The entry of `names` that names the layer owning `variable`."""
+    return layer_named(variable.path.rpartition("/")[0], names)
 
 
 def layer_paths(model, prefix=""):
@@ -265,10 +282,7 @@ class ChannelPruner:
             hits = [
                 i
                 for i, group in enumerate(self.groups)
-                if any(
-                    source == name or source.endswith("/" + name)
-                    for source in group.sources
-                )
+                if any(layer_named(source, [name]) for source in group.sources)
             ]
             if not hits:
                 prunable = sorted({s for g in self.groups for s in g.sources})

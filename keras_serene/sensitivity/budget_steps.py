@@ -72,13 +72,51 @@ class BudgetPruningMixin:
                 if per_layer
                 else None
             )
+        self._layers = None
+        if per_layer and not self._structured:
+            self._layers = self._entry_layers()
         self._neuron_of = _bias_lookup(self.model)
         self._first_epoch = True
 
+    def _entry_layers(self):
+        """Unstructured dict target: `[(share of the ramp, variable
+        indices)]` per named layer; a name with no variable to prune is an
+        error naming it."""
+        variables = self._variables()
+        owners = [
+            budget_pruning.layer_of(v, self.target_sparsity) for v in variables
+        ]
+        layers = []
+        for name, fraction in self.target_sparsity.items():
+            indices = [i for i, owner in enumerate(owners) if owner == name]
+            if not indices:
+                prunable = sorted(
+                    {
+                        v.path.rpartition("/")[0]
+                        for v in self.optimizer.regularized_variables
+                    }
+                )
+                raise ValueError(
+                    "SensitivityPruning: `target_sparsity` names layer "
+                    f"{name!r}, which has no regularized variable to prune "
+                    "(not in `exclude`). Layers with one: "
+                    f"{prunable}. Received target_sparsity="
+                    f"{self.target_sparsity!r}"
+                )
+            layers.append((fraction / self.ramp.target, indices))
+        return layers
+
     def _scheduled(self, step):
         """The ramp at `step`: the fraction of entries (structured: of the
-        prunable channels, each layer's own with a dict target) at zero."""
+        prunable channels) at zero, each layer's own with a dict target."""
         fraction = self.ramp.sparsity(step)
+        if self._layers is not None:
+            sizes = [int(np.prod(v.shape)) for v in self._variables()]
+            pruned = sum(
+                share * sum(sizes[i] for i in indices)
+                for share, indices in self._layers
+            )
+            return fraction * pruned / sum(sizes)
         if self._channels is None or self._shares is None:
             return fraction
         sizes = np.array([group.size for group in self._channels.groups])
@@ -117,9 +155,18 @@ class BudgetPruningMixin:
                 statistics,
                 self._neuron_of,
             )
-            count, self.threshold = budget_pruning.prune_entries(
-                self.optimizer, variables, fraction, scores, self.block_size
-            )
+            layers = self._layers or [(1.0, range(len(variables)))]
+            count, cuts = 0, [0.0]
+            for share, indices in layers:
+                pruned, cut = budget_pruning.prune_entries(
+                    self.optimizer,
+                    [variables[i] for i in indices],
+                    fraction * share,
+                    [scores[i] for i in indices],
+                    self.block_size,
+                )
+                count, cuts = count + pruned, cuts + [cut]
+            self.threshold = max(cuts)
         self.history.append(
             {"step": step, "scheduled": self._scheduled(step), "pruned": count}
         )

@@ -26,6 +26,7 @@ from keras_serene.core import callback_backup
 from keras_serene.core import checks
 from keras_serene.core import masking as masks_lib
 from keras_serene.core import neurons as neurons_lib
+from keras_serene.sensitivity import budget_pruning
 from keras_serene.sensitivity import pruning_criteria as criteria
 from keras_serene.sensitivity.budget_steps import BudgetPruningMixin
 from keras_serene.sensitivity.plateau_pruning import PlateauPruningMixin
@@ -52,8 +53,8 @@ def _number(name, value, low, allow_none=False, integer=False):
 
 
 def _target(value, structured, criterion):
-    """`target_sparsity` checked: None, a float in (0, 1), or (structured,
-    equal-fraction criteria) a non-empty `{layer name: float in (0, 1)}`."""
+    """`target_sparsity` checked: None, a float in (0, 1), or (equal-
+    fraction criteria) a non-empty `{layer name: float in (0, 1)}`."""
     if not isinstance(value, dict):
         _number("target_sparsity", value, 0.0, allow_none=True)
         if value is not None and not 0 < value < 1:
@@ -75,12 +76,6 @@ def _target(value, structured, criterion):
                 f"SensitivityPruning: `target_sparsity[{name!r}]` must be in "
                 f"(0, 1). Received target_sparsity={value!r}"
             )
-    if structured is False:
-        raise ValueError(
-            "SensitivityPruning: a dict `target_sparsity` gives each layer's "
-            "fraction of neurons to remove, which is structured pruning. "
-            f"Received target_sparsity={value!r}, structured=False"
-        )
     if criterion in criteria.GLOBAL_CRITERIA:
         raise ValueError(
             f"SensitivityPruning: criterion={criterion!r} chooses each "
@@ -142,14 +137,18 @@ class SensitivityPruning(
     Args:
         target_sparsity: Float in (0, 1), dict, or None. The budgeted
             target; None selects the plateau schedule. A dict `{layer name:
-            fraction}` (structured, equal-fraction criteria; ours, after
+            fraction}` (equal-fraction criteria; ours, after
             Torch-Pruning's `pruning_ratio_dict`) removes that fraction of
             each named layer's neurons or channels on the same ramp and
             leaves the layers not named whole: `{"fc1": 0.9, "fc2": 0.5}`
-            sizes each layer for the target hardware. Defaults to `None`.
+            sizes each layer for the target hardware. With
+            `structured=False` it zeroes that fraction of each named
+            layer's entries instead, each layer ranked on its own (every
+            layer at one fraction, with `exclude=["bias"]`, is tfmot's
+            per-layer sparsity). Defaults to `None`.
         structured: Bool or None. Prune whole neurons / channels. `None`:
-            on when the optimizer's sensitivity is per neuron. Defaults to
-            `None`.
+            on with a dict `target_sparsity` or when the optimizer's
+            sensitivity is per neuron. Defaults to `None`.
         begin_epoch: Number >= 0. Where the ramp starts, counted in the
             optimizer's steps (`optimizer.iterations / steps per epoch`),
             so earlier fits with the same optimizer count. Defaults to `0`.
@@ -250,9 +249,10 @@ class SensitivityPruning(
             )
         _number("frequency", frequency, 1, integer=True)
         _number("block_size", block_size, 1, integer=True)
-        per_layer = isinstance(target_sparsity, dict)
+        # A dict target is structured unless `structured=False` says not.
+        per_neuron = isinstance(target_sparsity, dict) and structured is None
         if block_size > 1 and (
-            target_sparsity is None or structured or per_layer
+            target_sparsity is None or structured or per_neuron
         ):
             raise ValueError(
                 "SensitivityPruning: `block_size` > 1 applies to the "
@@ -300,7 +300,7 @@ class SensitivityPruning(
         exclude = checks.check_patterns(
             "SensitivityPruning", "exclude", exclude
         )
-        if exclude and (structured or per_layer):
+        if exclude and (structured or per_neuron):
             raise ValueError(
                 "SensitivityPruning: `exclude` selects entries to prune; "
                 "structured pruning takes its groups from `ks.slimming_plan`"
@@ -325,8 +325,8 @@ class SensitivityPruning(
         )
         masks_lib.ensure_built(self.optimizer, self.model)
         self._structured = self.structured
-        if isinstance(self.target_sparsity, dict):
-            self._structured = True  # `_target` refused structured=False.
+        if isinstance(self.target_sparsity, dict) and self._structured is None:
+            self._structured = True
         elif self._structured is None:
             self._structured = bool(
                 getattr(self.optimizer.sensitivity, "per_neuron", False)
@@ -448,11 +448,20 @@ class SensitivityPruning(
 
     # -- shared ------------------------------------------------------------
     def _variables(self):
-        return [
+        """The variables this callback prunes: regularized, not excluded,
+        and (unstructured dict target) of a layer the dict names."""
+        found = [
             v
             for v in self.optimizer.regularized_variables
             if not any(re.search(p, v.path) for p in self.exclude)
         ]
+        if isinstance(self.target_sparsity, dict) and not self._structured:
+            found = [
+                v
+                for v in found
+                if budget_pruning.layer_of(v, self.target_sparsity)
+            ]
+        return found
 
     def _sparsity(self):
         total = zeros = 0

@@ -206,6 +206,42 @@ def test_per_layer_targets_size_each_layer_and_slim(digits):
     assert logs["removed_neurons"][-1] == pytest.approx(28 / 48)
 
 
+def test_per_layer_unstructured_target_prunes_each_layer_to_its_own(digits):
+    """`structured=False`: each named layer's kernel zeroed to its own
+    fraction (ranked within the layer), the other layers untouched."""
+    x, y, _, _ = digits
+    model = _mlp()
+    first, second, last = (layer.name for layer in model.layers[1:4])
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity={first: 0.9, last: 0.5}, structured=False,
+        exclude=["bias"], end_epoch=2, verbose=0,
+    )  # fmt: skip
+    logs = _fit(model, x, y, pruner, epochs=3)
+    opt = masks.mask_optimizer(model)
+    zeros = {}
+    for layer in model.layers[1:4]:
+        kernel = layer.kernel
+        zeros[layer.name] = int(np.sum(kernel.numpy() == 0))
+        assert int(masks.pruned(opt, kernel).sum()) == zeros[layer.name]
+        assert not masks.pruned(opt, layer.bias).any()
+    assert zeros[first] == round(0.9 * 64 * 32)
+    assert zeros[last] == round(0.5 * 16 * 10)
+    assert zeros[second] == 0
+    expected = (zeros[first] + zeros[last]) / (64 * 32 + 16 * 10)
+    assert logs["sparsity"][-1] == pytest.approx(expected)
+    assert logs["scheduled_sparsity"][-1] == pytest.approx(expected, 1e-3)
+    assert logs["sparsity"][0] < expected  # On the ramp, not at once.
+    assert np.all(np.diff(logs["sparsity"]) >= 0)
+    with pytest.raises(ValueError, match="names layer 'fc9'"):
+        _fit(
+            _mlp(), x, y,
+            ks.callbacks.SensitivityPruning(
+                target_sparsity={"fc9": 0.5}, structured=False, verbose=0
+            ),
+            epochs=1,
+        )  # fmt: skip
+
+
 def test_per_layer_target_naming_no_prunable_layer_is_an_error(digits):
     x, y, _, _ = digits
     model = _mlp()
@@ -466,9 +502,9 @@ def test_mirrored_strategy_reaches_the_target():
         ({"target_sparsity": {}}, TypeError, "target_sparsity={}"),
         ({"target_sparsity": {1: 0.5}}, TypeError, "layer names"),
         (
-            {"target_sparsity": {"fc1": 0.5}, "structured": False},
+            {"target_sparsity": {"fc1": 0.5}, "exclude": ["bias"]},
             ValueError,
-            "structured=False",
+            "exclude=.*structured=True",
         ),
         (
             {"target_sparsity": {"fc1": 0.5}, "criterion": "taylor_global"},
