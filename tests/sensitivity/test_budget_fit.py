@@ -561,3 +561,12 @@ def test_budgeted_config_round_trip():
     )
     assert again.target_sparsity == {"fc1": 0.9, "outer/fc2": 0.5}
     assert again.get_config() == pruner.get_config()
+    pruner = ks.callbacks.SensitivityPruning(
+        target_sparsity={"fc1": 0.9}, structured=False, exclude=["bias"],
+        block_size=4, verbose=0,
+    )  # fmt: skip
+    again = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(pruner)
+    )
+    assert again.get_config() == pruner.get_config()
+    assert again.structured is False and again.exclude == ["bias"]
