@@ -347,7 +347,11 @@ class SensitivityPruning(
                 "`structured=False`. Received "
                 + ", ".join(f"{k}={v!r}" for k, v in entry_only.items())
             )
-        if self.exclude and not self._structured and not self._variables():
+        if (
+            self.exclude
+            and not self._structured
+            and not self._variables(named_only=False)
+        ):
             raise ValueError(
                 "SensitivityPruning: `exclude` matches every regularized "
                 f"variable of model {self.model.name!r}: nothing is left to "
@@ -447,15 +451,17 @@ class SensitivityPruning(
             }
 
     # -- shared ------------------------------------------------------------
-    def _variables(self):
+    def _variables(self, named_only=True):
         """The variables this callback prunes: regularized, not excluded,
-        and (unstructured dict target) of a layer the dict names."""
+        and (unstructured dict target, `named_only`) of a layer the dict
+        names."""
         found = [
             v
             for v in self.optimizer.regularized_variables
             if not any(re.search(p, v.path) for p in self.exclude)
         ]
-        if isinstance(self.target_sparsity, dict) and not self._structured:
+        per_layer = isinstance(self.target_sparsity, dict)
+        if named_only and per_layer and not self._structured:
             found = [
                 v
                 for v in found

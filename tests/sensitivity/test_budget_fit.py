@@ -232,14 +232,16 @@ def test_per_layer_unstructured_target_prunes_each_layer_to_its_own(digits):
     assert logs["scheduled_sparsity"][-1] == pytest.approx(expected, 1e-3)
     assert logs["sparsity"][0] < expected  # On the ramp, not at once.
     assert np.all(np.diff(logs["sparsity"]) >= 0)
-    with pytest.raises(ValueError, match="names layer 'fc9'"):
-        _fit(
-            _mlp(), x, y,
-            ks.callbacks.SensitivityPruning(
-                target_sparsity={"fc9": 0.5}, structured=False, verbose=0
-            ),
-            epochs=1,
-        )  # fmt: skip
+    for exclude in (None, ["bias"]):
+        with pytest.raises(ValueError, match="names layer 'fc9'"):
+            _fit(
+                _mlp(), x, y,
+                ks.callbacks.SensitivityPruning(
+                    target_sparsity={"fc9": 0.5}, structured=False,
+                    exclude=exclude, verbose=0,
+                ),
+                epochs=1,
+            )  # fmt: skip
 
 
 def test_per_layer_target_naming_no_prunable_layer_is_an_error(digits):
