@@ -460,13 +460,13 @@ DECIDING_300 = "dense,tfmot98,tfmot99,mag98,mag99,st80-mag-nd,BEST_STRUCTURED"
 #: so the best one is known before the extra seeds).
 SEED0_300 = (
     "dense,tfmot98,mag98,tfmot99,mag99,st80-mag-nd,st80-mag,st80-global,"
-    "st80-global-nd,st80-serene"
+    "st80-global-nd,st80-serene,st80-mag-nd+mag98.5b4=fc1"
 )
 EXTRA_300 = (
     "tfmot90,mag90,tfmot95,mag95,taylor98,serene98,mag98-nd,st90-mag,"
     "st50-mag,mag99-nd,st80-taylor"
 )
-ROWS_5 = "dense,st80-mag,st80-global"
+ROWS_5 = "dense,st80-mag,st80-global,st80-tglobal-nd@50"
 ALL_300 = (
     "dense,tfmot90,tfmot95,tfmot98,tfmot99,mag90,mag95,mag98,mag99,"
     "mag90-nd,mag95-nd,mag98-nd,mag99-nd,taylor98,taylor99,serene98,"
