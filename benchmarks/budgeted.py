@@ -77,6 +77,11 @@ CRITERIA = {
 UNSTRUCTURED = re.compile(r"^([a-z]+?)(\d+(?:\.\d+)?)(?:b(\d+))?$")
 
 
+def _head(name):
+    """The row name without its `@` window and `+` second callback."""
+    return name.split("@")[0].split("+")[0]
+
+
 def ramp_window(name):
     """`(begin, end)` of the ramp as fractions of the epochs (`@BB-PP`,
     `@PP`); `(0.0, None)` without a suffix (None: the default end)."""
@@ -104,7 +109,7 @@ def inner_sparsity(name):
 
 def block_size(name):
     """The `bK` of an unstructured row (`mag98b4` -> 4), else 1."""
-    name = name.split("@")[0].split("+")[0].partition("=")[0]
+    name = _head(name).partition("=")[0]
     match = UNSTRUCTURED.match(split_decay(name)[0])
     return int(match.group(3)) if match and match.group(3) else 1
 
@@ -113,7 +118,7 @@ def entry_scope(name, model, target):
     """`(target, exclude)` of an unstructured row's callback: `=kernels`
     excludes biases; `=each` gives every layer with a kernel the target on
     its own (a dict target, `structured=False`), biases excluded."""
-    head = name.split("@")[0].split("+")[0]
+    head = _head(name)
     scope = head.partition("=")[2] if "=" in head else ""
     if parse_row(name)[0] != "unstructured" or not scope:
         return target, []
@@ -134,7 +139,7 @@ def entry_scope(name, model, target):
 
 def kept_widths(name):
     """The `=W1-W2` hidden widths of a structured row, or None."""
-    head = name.split("@")[0].split("+")[0]
+    head = _head(name)
     if "=" not in head or parse_row(name)[0] != "structured":
         return None
     return tuple(int(w) for w in head.partition("=")[2].split("-"))
@@ -188,7 +193,7 @@ def split_decay(name):
 
 def parse_row(name):
     """`(kind, target, criterion, decay)` of a row name."""
-    name = name.split("@")[0].split("+")[0].partition("=")[0]
+    name = _head(name).partition("=")[0]
     if name == "dense":
         return "dense", None, None, 0.0
     if name.startswith("tfmot"):
