@@ -71,8 +71,11 @@ class EquilibriumFreezing(keras.callbacks.Callback):
     (`sum_l flops_l * frozen_l / sum_l flops_l` over the Dense/Conv/BN
     layers, counted from the layer shapes: the paper's measure, the work a
     masked update makes useless) and `backprop_flops_skipped` (the same sum
-    over the skipped layers only: the work not computed at all). On a CPU
-    only the second saves time (`benchmarks/neq_partial.py`).
+    over the skipped layers only: an upper bound of the work not computed,
+    since a skipped layer's input gradient is still computed when a
+    trainable layer lies before it; exact when nothing before it trains).
+    On a CPU only skipping saves time (`benchmarks/neq_partial.py`,
+    `docs/results_neq.md`).
 
     The model must be compiled with a masking optimizer around your own:
     `ks.MaskingOptimizer(optimizer)` (add `mask_gradients=True` for the
@@ -126,7 +129,9 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             neurons at equilibrium, as the paper. Lower values (ours)
             trade some of a layer's unsettled neurons for a skipped layer,
             the only freezing that saves wall-clock time on CPU. Needs
-            `skip_frozen_layers=True`. Defaults to `1.0`.
+            `skip_frozen_layers=True`. Defaults to `1.0`. With a decaying
+            learning rate, `epsilon=0.03, skip_threshold=0.3` is the
+            setting `docs/results_neq.md` measures saving time.
         subset: None, int >= 1 or float in (0, 1]. Keep only this many (or
             this fraction) samples of `validation_data`, drawn once with
             `seed`. Defaults to `None` (all).
