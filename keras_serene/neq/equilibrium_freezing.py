@@ -43,6 +43,7 @@ from keras_serene.neq import backup
 from keras_serene.neq import equilibrium as eq
 from keras_serene.neq.layer_skip import LayerSkip
 from keras_serene.neq.neuron_records import select_records
+from keras_serene.neq.neuron_records import upstream_layers
 from keras_serene.neq.probe import Probe
 from keras_serene.neq.subset import CALLER
 from keras_serene.neq.subset import num_samples
@@ -70,11 +71,11 @@ class EquilibriumFreezing(keras.callbacks.Callback):
     (neurons frozen during the epoch), `backprop_flops_saved`
     (`sum_l flops_l * frozen_l / sum_l flops_l` over the Dense/Conv/BN
     layers, counted from the layer shapes: the paper's measure, the work a
-    masked update makes useless) and `backprop_flops_skipped` (the same sum
-    over the skipped layers only: an upper bound of the work not computed,
-    since a skipped layer's input gradient is still computed when a
-    trainable layer lies before it; exact when nothing before it trains).
-    On a CPU only skipping saves time (`benchmarks/neq_partial.py`,
+    masked update makes useless) and `backprop_flops_skipped` (the work
+    not computed at all: a skipped layer's whole backward share when no
+    layer before it trains, else its weight gradients only, since the
+    gradient still flows through it to the layers before). On a CPU only
+    skipping saves time (`benchmarks/neq_partial.py`,
     `docs/results_neq.md`).
 
     The model must be compiled with a masking optimizer around your own:
@@ -210,6 +211,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         self._probe_key = None
         self._skip = None
         self._resume = False
+        self._upstream = None
 
     # -- fit hooks ---------------------------------------------------------
 
@@ -221,6 +223,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         self._skip.start()
         self._probe = self._make_probe()
         self._records = self._probe.watched
+        self._upstream = upstream_layers(self.model)
         self._probe.run(compare=False)
         for record in self._probe.records:
             record.reset()
@@ -366,6 +369,22 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             )
         record.applied = np.array(frozen, dtype=bool)
 
+    def _skipped_share(self, record, skipped):
+        """The share of a layer's backward work its skip left undone: all
+        of it, or its weight gradients only when a layer before it trained
+        (the gradient then still flows through it). Without a functional
+        graph to tell, the weight gradients only."""
+        if record.layer.name not in skipped or not record.flops:
+            return 0.0
+        before = (self._upstream or {}).get(id(record.layer))
+        trained_before = before is None or any(
+            layer.trainable_weights and layer.name not in skipped
+            for layer in before
+        )
+        if not trained_before:
+            return 1.0
+        return (record.flops - record.input_flops) / record.flops
+
     def _write_stats(self, epoch, skipped):
         """Figures of the epoch that just ran (masks set one epoch before)."""
         flops = [r.flops for r in self._records]
@@ -377,7 +396,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         flops_saved = eq.backprop_flops_saved(
             flops + passive, fractions + [0.0] * len(passive)
         )
-        whole = [float(r.layer.name in skipped) for r in self._records]
+        whole = [self._skipped_share(r, skipped) for r in self._records]
         flops_skipped = eq.backprop_flops_saved(
             flops + passive, whole + [0.0] * len(passive)
         )

@@ -43,6 +43,7 @@ class NeuronRecord:
         self.previous = None  # per probe batch: float32 neuron maps
         self.positions = 1
         self.flops = 0.0
+        self.input_flops = 0.0
         self.reset()
 
     def reset(self):
@@ -52,6 +53,17 @@ class NeuronRecord:
         self.frozen = np.zeros(self.size, dtype=bool)
         self.applied = np.zeros(self.size, dtype=bool)
         self.flops = backprop_flops(self.layer, self.weights, self.positions)
+        self.input_flops = input_gradient_flops(
+            self.layer, self.weights, self.positions
+        )
+
+
+def _kernel_macs(layer, weight, positions):
+    """Forward multiply-accumulates per sample of one kernel."""
+    kernel_positions = positions
+    if weight.kind == "second_last":  # transposed conv: input positions
+        kernel_positions = positions / np.prod(getattr(layer, "strides", (1,)))
+    return kernel_positions * np.prod(weight.variable.shape)
 
 
 def backprop_flops(layer, weights, positions):
@@ -66,14 +78,46 @@ def backprop_flops(layer, weights, positions):
     for weight in weights:
         if weight.kind == "vector":
             flops += 2.0 * positions * size
-            continue
-        kernel_positions = positions
-        if weight.kind == "second_last":  # transposed conv: input positions
-            kernel_positions = positions / np.prod(
-                getattr(layer, "strides", (1,))
-            )
-        flops += 4.0 * kernel_positions * np.prod(weight.variable.shape)
+        else:
+            flops += 4.0 * _kernel_macs(layer, weight, positions)
     return float(flops)
+
+
+def input_gradient_flops(layer, weights, positions):
+    """The share of `backprop_flops` that carries the gradient to the
+    layer's input (two FLOPs per forward MAC of each kernel): still spent
+    on a skipped layer when a layer before it trains."""
+    return float(
+        sum(
+            2.0 * _kernel_macs(layer, w, positions)
+            for w in weights
+            if w.kind != "vector"
+        )
+    )
+
+
+def upstream_layers(model):
+    """`id(layer)` -> the layers whose outputs reach that layer's inputs.
+
+    Read from the functional graph (nested models inlined); None when the
+    model has none (a subclassed model).
+    """
+    from keras_serene.slimming.graph import read_graph
+
+    try:
+        graph = read_graph(model)
+    except (TypeError, ValueError):
+        return None
+    before = {}  # tensor id -> layers upstream of it, itself included
+    found = {}
+    for node in graph.nodes:
+        reaching = set()
+        for tid in node.inputs:
+            reaching |= before.get(tid, set())
+        found.setdefault(id(node.layer), set()).update(reaching)
+        for tid in node.outputs:
+            before[tid] = reaching | {node.layer}
+    return {key: list(layers) for key, layers in found.items()}
 
 
 def _single_output(layer):

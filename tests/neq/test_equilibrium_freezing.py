@@ -402,6 +402,39 @@ def test_mlp_defaults_freeze_dense_units_but_never_the_output_layer():
     assert sorted(head.frozen) == ["logits"]
 
 
+@pytest.mark.parametrize("watched", [["^h2$"], ["^h1$", "^h2$"]])
+def test_skipped_work_counts_input_gradients_only_if_nothing_before_trains(
+    watched,
+):
+    # h1 36 -> 5, h2 5 -> 4, logits 4 -> 2 (Dense: one position each).
+    # Backward FLOPs, 4 per kernel MAC + 2 per bias: h1 720 + 10, h2 80 + 8,
+    # logits 32 + 4: 854 in all. h2's input gradient is 2 x 20 = 40 of its
+    # 88: spent while h1 trains, not when h1 is skipped too.
+    x, y = _data()
+    x = x.reshape(len(x), -1)
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((36,))
+    hidden = keras.layers.Dense(5, activation="relu", name="h1")(inputs)
+    hidden = keras.layers.Dense(4, activation="relu", name="h2")(hidden)
+    outputs = keras.layers.Dense(2, name="logits")(hidden)
+    model = keras.Model(inputs, outputs)
+    _compile(model, keras.optimizers.SGD(0.1, momentum=0.9))
+    neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0, layers=watched)
+    history = model.fit(
+        x, y, epochs=2, batch_size=16, verbose=0, callbacks=[neq]
+    )
+    skipped = [h["skipped"] for h in neq.history]
+    assert skipped == [[], [w.strip("^$") for w in watched]]
+    share = (88 - 40) / 854 if len(watched) == 1 else (730 + 88) / 854
+    np.testing.assert_allclose(
+        history.history["backprop_flops_skipped"], [0.0, share]
+    )
+    saved = (88 if len(watched) == 1 else 730 + 88) / 854
+    np.testing.assert_allclose(
+        history.history["backprop_flops_saved"], [0.0, saved]
+    )
+
+
 def test_saved_mid_run_the_model_loads_plain_and_with_its_masks(tmp_path):
     x, y = _data(32)
     model = _conv_model()
