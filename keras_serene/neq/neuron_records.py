@@ -13,7 +13,11 @@ the neuron layer feeding it through weightless layers (`Dense -> Softmax`).
 output layer named by `layers` is watched.
 
 The unwatched neuron layers stay *passive* records: they count in the
-denominator of `backprop_flops_saved` and are never frozen.
+denominator of `backprop_flops_saved` and are never frozen. Each record's
+backward FLOPs come from its shapes, with the share that carries the
+gradient to its input apart: a skipped layer still spends that share when
+a layer before it trains (`upstream_layers` reads which layers feed which
+from the functional graph, `keras_serene.slimming.graph`).
 """
 
 import re
@@ -24,6 +28,7 @@ import numpy as np
 from keras_serene.core import layer_table
 from keras_serene.core import neurons as neurons_lib
 from keras_serene.neq.subset import CALLER
+from keras_serene.slimming.graph import read_graph
 
 
 class NeuronRecord:
@@ -102,8 +107,6 @@ def upstream_layers(model):
     Read from the functional graph (nested models inlined); None when the
     model has none (a subclassed model).
     """
-    from keras_serene.slimming.graph import read_graph
-
     try:
         graph = read_graph(model)
     except (TypeError, ValueError):
