@@ -315,7 +315,8 @@ def run_seed(name, cfg, data, seed, args):
         elif run == "random":
             # neq_counts grows as the followed run goes: its epoch runs
             # first (RUNS lists every NEq run before `random`).
-            callbacks.append(RandomFreezing(neq_counts, seed))
+            random_freezing = RandomFreezing(neq_counts, seed)
+            callbacks.append(random_freezing)
         callbacks.append(Give(take))
         jobs[run] = (model, callbacks, _dataset(x, y, args.batch, seed))
 
@@ -372,7 +373,7 @@ def run_seed(name, cfg, data, seed, args):
             sorted(order.index(n) for n in names)
             for names in out[followed]["skipped_by_epoch"]
         ]
-        random_skips = jobs["random"][1][1].skipped
+        random_skips = random_freezing.skipped
         out["random"]["skipped_epochs"] = sum(bool(s) for s in random_skips)
         if random_skips == followed_skips:  # the same layers: the same work
             out["random"]["flops_skipped"] = out[followed]["flops_skipped"]
