@@ -166,7 +166,8 @@ class BudgetPruningMixin:
                     self.block_size,
                 )
                 count, cuts = count + pruned, cuts + [cut]
-            self.threshold = max(cuts)
+            if max(cuts) > 0:  # a step that adds no entry keeps the last cut
+                self.threshold = max(cuts)
         self.history.append(
             {"step": step, "scheduled": self._scheduled(step), "pruned": count}
         )

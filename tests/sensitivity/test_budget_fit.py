@@ -85,6 +85,10 @@ def test_unstructured_reaches_the_target_by_end_epoch(digits):
     assert np.all(np.abs(sparsity[3:] - 0.9) <= 0.005)
     assert np.all(np.diff(sparsity) >= 0)  # Never decreases.
     assert logs["scheduled_sparsity"][-1] == 0.9
+    # The logged threshold is the last cut that pruned, never reset to 0 by
+    # the final step (which, at the ramp's flat end, adds no entry).
+    assert min(logs["pruning_threshold"]) > 0
+    assert logs["pruning_threshold"][-1] == pruner.threshold
     # 21 steps per epoch (1295 / 64), every 7 steps, and at T = 74 (3.5 x 21).
     steps = [h["step"] for h in pruner.history]
     assert steps[:3] == [7, 14, 21] and steps[-1] == 74
