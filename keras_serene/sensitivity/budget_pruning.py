@@ -41,7 +41,8 @@ def prune_entries(optimizer, variables, fraction, scores, block_size=1):
     score). With `block_size` > 1, whole blocks (`block_ids`) go, lowest
     mean score first, until at least that many entries are zero; a block
     with a pruned entry counts as pruned. Returns `(entries pruned in total,
-    the highest score pruned)`.
+    the highest score of the entries this call adds)`, the score None when
+    it adds none (the target was already met).
     """
     pruned = [masks_lib.pruned(optimizer, v).ravel() for v in variables]
     flat = np.concatenate([np.asarray(s, np.float64).ravel() for s in scores])
@@ -49,7 +50,7 @@ def prune_entries(optimizer, variables, fraction, scores, block_size=1):
     total = flat.size
     target = max(int(round(fraction * total)), int(forced.sum()))
     if target == 0:
-        return 0, 0.0
+        return 0, None
     if block_size > 1:
         chosen, cut = _choose_blocks(
             variables, flat, forced, target, block_size
@@ -62,6 +63,8 @@ def prune_entries(optimizer, variables, fraction, scores, block_size=1):
         else:
             chosen[np.argpartition(flat, target - 1)[:target]] = True
         cut = float(np.max(flat[chosen]))
+    if not (chosen & ~forced).any():
+        cut = None  # nothing added: the cut is the previous step's
     offset = 0
     for variable, old in zip(variables, pruned):
         size = old.size
@@ -76,7 +79,7 @@ def prune_entries(optimizer, variables, fraction, scores, block_size=1):
             np.reshape(where, tuple(variable.shape)),
             zero=True,
         )
-    return int(chosen.sum()), max(cut, 0.0)
+    return int(chosen.sum()), None if cut is None else max(cut, 0.0)
 
 
 def block_ids(shape, block_size):

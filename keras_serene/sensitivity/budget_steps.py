@@ -156,7 +156,7 @@ class BudgetPruningMixin:
                 self._neuron_of,
             )
             layers = self._layers or [(1.0, range(len(variables)))]
-            count, cuts = 0, [0.0]
+            count, cuts = 0, []
             for share, indices in layers:
                 pruned, cut = budget_pruning.prune_entries(
                     self.optimizer,
@@ -165,8 +165,10 @@ class BudgetPruningMixin:
                     [scores[i] for i in indices],
                     self.block_size,
                 )
-                count, cuts = count + pruned, cuts + [cut]
-            if max(cuts) > 0:  # a step that adds no entry keeps the last cut
+                count = count + pruned
+                if cut is not None:
+                    cuts.append(cut)
+            if cuts:  # a step that adds no entry keeps the last cut
                 self.threshold = max(cuts)
         self.history.append(
             {"step": step, "scheduled": self._scheduled(step), "pruned": count}
