@@ -57,6 +57,7 @@ import keras
 import numpy as np
 
 import keras_serene as ks
+from keras_serene.app import datasets
 from keras_serene.app import zoo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,6 +65,11 @@ EPOCHS = 20
 BATCH_SIZE = 100
 LEARNING_RATE = 0.05
 MOMENTUM = 0.9
+#: How a run's batches are ordered, recorded in each run's `extra`: a new
+#: order every epoch (`datasets.shuffled_batches`). Runs without the key
+#: replayed one order every epoch (`model.fit` on arrays under a global
+#: seed), tfmot's runs excepted: tf_keras reshuffles.
+SHUFFLE = "every epoch"
 DECAY = 1e-4
 CRITERIA = {
     "mag": "magnitude",
@@ -234,6 +240,7 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
     if kind == "tfmot":
         return _tfmot(model, model_name, target, data, seed, workdir, epochs)
     callbacks = []
+    split = int(0.9 * len(x))  # the last 10% validate (`fit_arrays`)
     if kind == "scratch":
         model = (
             narrow(model, widths=target)
@@ -245,7 +252,6 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
         compile_classifier(model, sgd)
     else:
         compile_classifier(model, ks.SensitivityOptimizer(sgd, decay=decay))
-        split = int(0.9 * len(x))
         begin, end = ramp_window(row)
         inner = inner_sparsity(row)
         widths = kept_widths(row)
@@ -271,15 +277,13 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
             )
     start = time.perf_counter()
     history = model.fit(
-        x,
-        y,
-        validation_split=0.1,
+        **datasets.fit_arrays(x, y, BATCH_SIZE, seed),
         epochs=epochs,
-        batch_size=BATCH_SIZE,
         verbose=0,
         callbacks=callbacks,
     )
     seconds = time.perf_counter() - start
+    extra["shuffle"] = SHUFFLE
     if callbacks:
         extra["sparsity_by_epoch"] = [
             round(v, 5) for v in history.history["sparsity"]
@@ -340,7 +344,10 @@ def _tfmot(model, model_name, target, data, seed, workdir, epochs):
     info = json.loads(result.stdout.strip().splitlines()[-1])
     weights = np.load(out)
     model.set_weights([weights[f"arr_{i}"] for i in range(len(weights))])
-    extra = {"versions": {k: info[k] for k in ("tf_keras", "tfmot")}}
+    extra = {
+        "versions": {k: info[k] for k in ("tf_keras", "tfmot")},
+        "shuffle": SHUFFLE,  # tf_keras reshuffles arrays every epoch
+    }
     return model, info["train_seconds"], extra
 
 

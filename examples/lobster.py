@@ -88,11 +88,8 @@ def main(argv=None):
             tolerance=0.05,
         )
     history = model.fit(
-        x_train,
-        y_train,
-        validation_split=0.1,
+        **datasets.fit_arrays(x_train, y_train, batch_size, args.seed),
         epochs=epochs,
-        batch_size=batch_size,
         callbacks=[pruning],
         verbose=args.verbose,
     )

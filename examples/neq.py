@@ -61,7 +61,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def train(x, y, initial, callbacks, epochs, batch_size, verbose):
+def train(x, y, initial, callbacks, epochs, batch_size, seed, verbose):
     """LeNet-5 from `initial` weights, SGD + momentum, cosine lr decay."""
     model = zoo.lenet5(input_shape=x.shape[1:])
     model.set_weights(initial)
@@ -77,10 +77,8 @@ def train(x, y, initial, callbacks, epochs, batch_size, verbose):
     )
     start = time.perf_counter()
     history = model.fit(
-        x,
-        y,
+        **datasets.fit_arrays(x, y, batch_size, seed, 0.0),
         epochs=epochs,
-        batch_size=batch_size,
         callbacks=callbacks,
         verbose=verbose,
     )
@@ -105,7 +103,10 @@ def main(argv=None):
     initial = zoo.lenet5(input_shape=x_train.shape[1:]).get_weights()
 
     fit_kwargs = dict(
-        epochs=epochs, batch_size=batch_size, verbose=args.verbose
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=args.seed,
+        verbose=args.verbose,
     )
 
     print("== plain SGD ==")

@@ -104,11 +104,8 @@ def main(argv=None):
         verbose=0,
     )
     model.fit(
-        x_train,
-        y_train,
-        validation_split=0.1,
+        **datasets.fit_arrays(x_train, y_train, batch_size, args.seed),
         epochs=epochs,
-        batch_size=batch_size,
         callbacks=[neurons, blocks],
         verbose=args.verbose,
     )

@@ -75,11 +75,9 @@ def main(argv=None):
     initial = ks.metrics.psp_entropy(model, x_probe, y_probe)
     logger = ks.callbacks.PSPEntropyLogger((x_val, y_val), frequency=1)
     history = model.fit(
-        x_fit,
-        y_fit,
+        **datasets.fit_arrays(x_fit, y_fit, batch_size, args.seed, 0.0),
         validation_data=(x_val, y_val),
         epochs=epochs,
-        batch_size=batch_size,
         callbacks=[logger],
         verbose=args.verbose,
     )

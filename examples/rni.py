@@ -107,10 +107,8 @@ def main(argv=None):
         metrics=["accuracy"],
     )
     model.fit(
-        x_train,
-        y_train,
+        **datasets.fit_arrays(x_train, y_train, batch_size, args.seed, 0.0),
         epochs=epochs,
-        batch_size=batch_size,
         verbose=args.verbose,
     )
     trained_accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
@@ -141,10 +139,8 @@ def main(argv=None):
     pruned_accuracy = small.evaluate(x_test, y_test, verbose=0)[1]
     print(f"\nfine-tuning the pruned model for {finetune_epochs} epochs")
     small.fit(
-        x_train,
-        y_train,
+        **datasets.fit_arrays(x_train, y_train, batch_size, args.seed, 0.0),
         epochs=finetune_epochs,
-        batch_size=batch_size,
         verbose=args.verbose,
     )
     finetuned_accuracy = small.evaluate(x_test, y_test, verbose=0)[1]

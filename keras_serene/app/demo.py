@@ -216,12 +216,13 @@ def run(args):
         num_classes=int(y_train.max()) + 1,
     )
     initial_weights = build.get_weights()
-    fit_kwargs = dict(
-        validation_split=0.1,
-        epochs=epochs,
-        batch_size=batch_size,
-        verbose=args.verbose,
-    )
+    # The last 10% validate; both runs see the same new order of the rest
+    # every epoch (`model.fit` on arrays under a global seed would replay
+    # one order: `datasets.shuffled_batches`).
+    fit_kwargs = dict(epochs=epochs, verbose=args.verbose)
+
+    def batches():
+        return datasets.fit_arrays(x_train, y_train, batch_size, args.seed)
 
     say("\n[1/3] dense baseline (plain SGD)")
     start = time.perf_counter()
@@ -232,7 +233,7 @@ def run(args):
     )
     dense.set_weights(initial_weights)
     _compile(dense, _sgd())
-    dense_history = dense.fit(x_train, y_train, **fit_kwargs)
+    dense_history = dense.fit(**batches(), **fit_kwargs)
     dense_seconds = time.perf_counter() - start
 
     say(f"\n[2/3] sensitivity training + pruning ({args.sensitivity})")
@@ -258,7 +259,7 @@ def run(args):
             plateau_tolerance=-0.01,
             verbose=args.verbose,
         )
-    history = trainer.fit(x_train, y_train, callbacks=[pruning], **fit_kwargs)
+    history = trainer.fit(**batches(), callbacks=[pruning], **fit_kwargs)
     pruned_seconds = time.perf_counter() - start
 
     say("\n[3/3] strip masks, slim, export to LiteRT")
