@@ -17,6 +17,10 @@ Every loader returns `((x_train, y_train), (x_test, y_test))` with images as
 float32 in [0, 1] of shape `(n, height, width, channels)` and integer labels;
 `load_tfds(..., as_dataset=True)` returns batched `tf.data.Dataset`s of the
 same `(image, label)` pairs instead, for datasets too large for memory.
+
+`fit_arrays(x, y, batch_size, seed)` feeds arrays to `model.fit` in a new
+order every epoch (`model.fit(x, y)` under `keras.utils.set_random_seed`
+replays one order: `shuffled_batches`).
 """
 
 import gzip
@@ -161,9 +165,10 @@ def shuffled_batches(x, y, batch_size, seed):
     2.21): its array adapter draws the epoch's permutation with an unseeded
     `tf.random.shuffle` inside a dataset that each epoch iterates afresh, so
     under a global seed every epoch replays the first epoch's order (tf_keras
-    reshuffles). On full Fashion-MNIST that one fixed order cost a dense
-    LeNet-5 about a point of test accuracy (`docs/results.md`, "One order
-    for every epoch"). Here a seeded `tf.data` shuffle with
+    reshuffles; `benchmarks/keras_shuffle.py` shows it). On full
+    Fashion-MNIST that one fixed order cost a dense LeNet-5 about a point of
+    test accuracy (`docs/results.md`, budgeted section, the 2026-12-03
+    note). Here a seeded `tf.data` shuffle with
     `reshuffle_each_iteration=True` draws a new order each epoch, the same
     sequence of orders for the same `seed`; the dataset's length is known,
     so `fit` knows its steps per epoch.
@@ -199,6 +204,15 @@ def fit_arrays(x, y, batch_size, seed, validation_split=0.1):
     the last `validation_split` of the samples validate, the rest come in a
     new order every epoch (`shuffled_batches`), the same orders for the same
     `seed`.
+
+    Args:
+        x: Array of inputs.
+        y: Array of labels, as long as `x`.
+        batch_size: Positive int.
+        seed: Int. Seed of the sequence of orders.
+        validation_split: Float in [0, 1). The last fraction of the samples
+            held out as `validation_data` (none for `0.0`). Defaults to
+            `0.1`.
     """
     checks.check_number(
         "datasets.fit_arrays",
