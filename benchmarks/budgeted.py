@@ -240,7 +240,8 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
     if kind == "tfmot":
         return _tfmot(model, model_name, target, data, seed, workdir, epochs)
     callbacks = []
-    split = int(0.9 * len(x))  # the last 10% validate (`fit_arrays`)
+    # The last 10% validate, for `fit` and for the pruning callbacks alike.
+    fit_data = datasets.fit_arrays(x, y, BATCH_SIZE, seed)
     if kind == "scratch":
         model = (
             narrow(model, widths=target)
@@ -271,13 +272,13 @@ def train(row, model_name, data, seed, workdir, epochs=EPOCHS):
                     exclude=exclude,
                     begin_epoch=begin * epochs,
                     end_epoch=None if end is None else end * epochs,
-                    validation_data=(x[split:], y[split:]),
+                    validation_data=fit_data["validation_data"],
                     verbose=0,
                 )
             )
     start = time.perf_counter()
     history = model.fit(
-        **datasets.fit_arrays(x, y, BATCH_SIZE, seed),
+        **fit_data,
         epochs=epochs,
         verbose=0,
         callbacks=callbacks,
