@@ -129,12 +129,7 @@ class RandomFreezing(keras.callbacks.Callback):
                 masks_lib.set_flag(
                     self.optimizer, w.variable, masks_lib.FROZEN, where
                 )
-            kernels = any(w.kind != "vector" for w in weights)
-            if (
-                count == size
-                and kernels
-                and len(weights) == len(layer.trainable_variables)
-            ):
+            if count == size and len(weights) == len(layer.trainable_variables):
                 whole.append(layer)
         self.skip.skip(whole)
         self.skipped.append(

@@ -18,14 +18,15 @@ optimizer is the user's, compiled by the user: the callback never swaps it.
 With `MaskingOptimizer(..., mask_gradients=True)` a frozen entry's gradient
 is zeroed before the inner step, so its momentum decays, as the authors'
 `MaskedSGD` (`src/optim/sgd.py`). A layer whose neurons are all frozen is
-made non-trainable for the epoch (`keras_serene.neq.layer_skip`), so its
-weight gradients are not computed at all.
+skipped for the epoch (`keras_serene.neq.layer_skip`: its variables are made
+non-trainable), so its weight gradients are not computed at all, and no
+backward pass runs through a skipped prefix of the network.
 
 Only a skipped layer saves time: on CPU, the weight gradient of half a
 layer's channels costs as much as the whole layer's
 (`benchmarks/neq_partial.py`), so a partly frozen layer saves FLOPs on
-paper only. `skip_threshold < 1` (ours, not the paper's) freezes a Dense/Conv
-layer whole once that fraction of its neurons is at equilibrium, which
+paper only. `skip_threshold < 1` (ours, not the paper's) freezes a layer
+whole once that fraction of its neurons is at equilibrium, which
 turns a mostly settled layer into a skipped one.
 """
 
@@ -57,26 +58,25 @@ LOGGED = ("frozen_fraction", "backprop_flops_saved", "backprop_flops_skipped")
 class EquilibriumFreezing(keras.callbacks.Callback):
     """Freezes the neurons at equilibrium for the next epoch (NEq).
 
-    Each epoch, on a fixed subset run in inference mode, every watched
-    neuron (by default: every Dense unit, Conv output channel and
-    BatchNormalization channel, except in the model's output layers) gets
-    `phi`, the mean over samples of the cosine between its pre-activation
-    output map at this epoch and at the previous one (the first epoch is a
-    warm-up), `dphi = phi - phi_prev` and a velocity `v = dphi - mu *
-    v_prev`; the neurons with `|v| < epsilon` are not updated during the
-    next epoch (their parameters stay bit-for-bit unchanged). A Dense/Conv
-    layer whose neurons are all frozen is made non-trainable for that epoch,
-    so its weight gradients are not computed (one traced train function per
-    set of skipped layers, reused). Each epoch's logs get `frozen_fraction`
-    (neurons frozen during the epoch), `backprop_flops_saved`
-    (`sum_l flops_l * frozen_l / sum_l flops_l` over the Dense/Conv/BN
-    layers, counted from the layer shapes: the paper's measure, the work a
-    masked update makes useless) and `backprop_flops_skipped` (the work
-    not computed at all: a skipped layer's whole backward share when no
-    layer before it trains, else its weight gradients only, since the
-    gradient still flows through it to the layers before). On a CPU only
-    skipping saves time (`benchmarks/neq_partial.py`,
-    `docs/results_neq.md`).
+    Each epoch, on a fixed subset run in inference mode, every watched neuron
+    (by default: every Dense unit, Conv output channel and BatchNormalization
+    channel, except in the model's output layers) gets `phi`, the mean over
+    samples of the cosine between its pre-activation output map at this epoch
+    and at the previous one (the first epoch is a warm-up), `dphi = phi -
+    phi_prev` and a velocity `v = dphi - mu * v_prev`; the neurons with `|v| <
+    epsilon` are not updated during the next epoch (their parameters stay
+    bit-for-bit unchanged). A layer whose neurons are all frozen has its
+    variables made non-trainable for that epoch, so its weight gradients are not
+    computed (one traced train function per set of skipped layers, reused); a
+    BatchNormalization skipped so still normalizes with the batch statistics.
+    Each epoch's logs get `frozen_fraction` (neurons frozen during the epoch),
+    `backprop_flops_saved` (`sum_l flops_l * frozen_l / sum_l flops_l` over the
+    Dense/Conv/BN layers, counted from the layer shapes: the paper's measure,
+    the work a masked update makes useless) and `backprop_flops_skipped` (the
+    work not computed at all: a skipped layer's whole backward share when no
+    layer before it trains, else its weight gradients only, since the gradient
+    still flows through it to the layers before). On a CPU only skipping saves
+    time (`benchmarks/neq_partial.py`, `docs/results_neq.md`).
 
     The model must be compiled with a masking optimizer around your own:
     `ks.MaskingOptimizer(optimizer)` (add `mask_gradients=True` for the
@@ -122,9 +122,9 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             neuron layer except the output layer(s).
         exclude: None or list of regex strings. Do not watch the layers
             whose name matches one. Defaults to `None`.
-        skip_frozen_layers: Bool. Make a fully frozen Dense/Conv layer
-            non-trainable for the epoch. Defaults to `True`.
-        skip_threshold: Float in (0, 1]. A Dense/Conv layer with at least
+        skip_frozen_layers: Bool. Make the variables of a fully frozen
+            layer non-trainable for the epoch. Defaults to `True`.
+        skip_threshold: Float in (0, 1]. A watched layer with at least
             this fraction of its neurons at equilibrium is frozen whole
             (and skipped) for the next epoch. `1.0` freezes only the
             neurons at equilibrium, as the paper. Lower values (ours)

@@ -40,11 +40,9 @@ class NeuronRecord:
         self.size = weights[0].num_neurons
         self.axis = layer_table.entry_for(layer).neuron_axis(layer)
         ids = {id(w.variable) for w in weights}
-        # A Dense/Conv layer whose every trainable variable is a neuron weight
-        # can be made non-trainable for an epoch (no weight gradients).
-        self.skippable = any(w.kind != "vector" for w in weights) and ids == {
-            id(v) for v in layer.trainable_variables
-        }
+        # A layer whose every trainable variable is a neuron weight can
+        # have them made non-trainable for an epoch (no weight gradients).
+        self.skippable = ids == {id(v) for v in layer.trainable_variables}
         self.previous = None  # per probe batch: float32 neuron maps
         self.positions = 1
         self.flops = 0.0

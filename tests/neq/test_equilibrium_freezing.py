@@ -265,7 +265,7 @@ class _CountingMasking(MaskingOptimizer):
         super().apply(grads, trainable_variables)
 
 
-def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
+def test_fully_frozen_conv_and_bn_stop_computing_gradients_bn_in_training():
     x, y = _data()
     model = _conv_model(batch_norm=True)
     _CountingMasking.traces = 0
@@ -273,7 +273,9 @@ def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
     neq = ks.callbacks.EquilibriumFreezing(x, epsilon=10.0)
     seen = _Trainability()
     snaps = _Snapshots(["conv", "bn", "fc"])
-    moments = _AdamMoments(("conv_kernel_momentum", "bn_gamma_momentum"))
+    moments = _AdamMoments(
+        ("conv_kernel_momentum", "bn_gamma_momentum", "fc_kernel_momentum")
+    )
     model.fit(
         x,
         y,
@@ -282,42 +284,43 @@ def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
         verbose=0,
         callbacks=[neq, seen, snaps, moments],
     )
-    # The optimizer step skips the conv's variables (its Adam moment stands
-    # still) but still updates BN's moments (masked afterwards).
-    np.testing.assert_array_equal(moments.begin[1][0], moments.end[1][0])
-    assert not np.array_equal(moments.begin[1][1], moments.end[1][1])
-    assert not np.array_equal(moments.begin[0][0], moments.end[0][0])
+    # The optimizer step skips the conv's and BN's variables (their Adam
+    # moments stand still) and updates the output Dense (not watched).
+    for i, moving in enumerate((False, False, True)):
+        assert not np.array_equal(moments.begin[0][i], moments.end[0][i])
+        same = np.array_equal(moments.begin[1][i], moments.end[1][i])
+        assert same != moving
     assert seen.seen[0]["variables"] == 6
     for epoch in (1, 2, 3):
-        # Conv skipped; BN stays trainable (training-mode BN); the output
-        # Dense is not watched by default, so it trains.
+        # Layers stay trainable (a non-trainable BN would run in inference
+        # mode); their variables do not: only fc's kernel and bias train.
         assert seen.seen[epoch]["trainable"] == {
-            "conv": False,
+            "conv": True,
             "bn": True,
             "fc": True,
         }
-        assert seen.seen[epoch]["variables"] == 4  # gamma, beta, fc
+        assert seen.seen[epoch]["variables"] == 2
     assert seen.seen[1]["function"] is not seen.seen[0]["function"]
     assert seen.seen[3]["function"] is seen.seen[1]["function"]
-    # Two traces in four epochs: all trainable, then conv skipped (not one
-    # retrace per epoch).
+    # Two traces in four epochs: all trainable, then conv and BN skipped
+    # (not one retrace per epoch).
     assert _CountingMasking.traces == 2
     assert neq.train_functions_made == 1
     assert [h["skipped"] for h in neq.history] == [
         [],
-        ["conv"],
-        ["conv"],
-        ["conv"],
+        ["conv", "bn"],
+        ["conv", "bn"],
+        ["conv", "bn"],
     ]
-    # The skipped conv's share of the backprop work (BN is masked, so it
-    # counts as saved, not skipped): conv 1824; BN 4 * 16 * 3 = 192; the
-    # Dense head (not watched) 388.
+    # Nothing before them trains, so their whole backprop share is not
+    # computed: conv 1824; BN 4 * 16 * 3 = 192; the Dense head (not
+    # watched) 388.
     skipped = [h["backprop_flops_skipped"] for h in neq.history]
     saved = [h["backprop_flops_saved"] for h in neq.history]
-    np.testing.assert_allclose(skipped, [0.0] + [1824 / 2404] * 3)
+    np.testing.assert_allclose(skipped, [0.0] + [(1824 + 192) / 2404] * 3)
     np.testing.assert_allclose(saved, [0.0] + [(1824 + 192) / 2404] * 3)
     for name in ("conv", "bn"):
-        # kernel and bias, or gamma and beta (BN frozen by its masks).
+        # kernel and bias, or gamma and beta.
         for before, after in zip(
             snaps.begin[1][name][:2], snaps.end[1][name][:2]
         ):
@@ -325,7 +328,7 @@ def test_fully_frozen_conv_layers_stop_computing_gradients_but_bn_does_not():
     assert not np.array_equal(snaps.begin[1]["fc"][0], snaps.end[1]["fc"][0])
     # BN ran in training mode: its moving mean kept moving in epoch 1.
     assert not np.array_equal(snaps.begin[1]["bn"][2], snaps.end[1]["bn"][2])
-    # Between epochs, and after fit, every layer is trainable again.
+    # Between epochs, and after fit, every variable is trainable again.
     assert all(la.trainable for la in model.layers)
     assert len(model.trainable_variables) == 6
     # A second fit reuses the cached functions: no new trace.
