@@ -564,10 +564,10 @@ def by_order(runs):
     (`benchmarks/keras_shuffle.py`). tfmot's runs reshuffled either way
     (tf_keras draws a new order each epoch), so they belong to both.
     """
-    reshuffled = [
-        r for r in runs if r.get("shuffle") or r["row"].startswith("tfmot")
-    ]
-    one_order = [r for r in runs if not r.get("shuffle")]
+    tfmot = [r for r in runs if r["row"].startswith("tfmot")]
+    ours = [r for r in runs if not r["row"].startswith("tfmot")]
+    reshuffled = tfmot + [r for r in ours if r.get("shuffle")]
+    one_order = tfmot + [r for r in ours if not r.get("shuffle")]
     return reshuffled, one_order
 
 
