@@ -23,7 +23,8 @@ training images, at least 256) held out of the training data:
 4. `neq_skip`: `neq` with `skip_threshold` (`--skip-threshold`, default
    0.5, ours): a Dense/Conv layer with that fraction of its neurons at
    equilibrium is frozen whole and skipped (on CPU only a skipped layer
-   saves time; `benchmarks/neq_partial.py`).
+   saves time; `benchmarks/neq_partial.py`); `--forced-epochs K` lets
+   such a layer's unsettled neurons train again after K epochs.
 5. `random`: each epoch, as many neurons per layer as the first NEq run
    of the list (`neq`, else `neq_faithful`, else `neq_skip`) froze in that
    epoch, drawn at random, frozen through the same masks (and skipped the
@@ -302,7 +303,11 @@ def run_seed(name, cfg, data, seed, args):
         if run.startswith("neq"):
             threshold = args.skip_threshold if run == "neq_skip" else 1.0
             neq[run] = ks.callbacks.EquilibriumFreezing(
-                xp, epsilon=args.epsilon, seed=seed, skip_threshold=threshold
+                xp,
+                epsilon=args.epsilon,
+                seed=seed,
+                skip_threshold=threshold,
+                forced_epochs=args.forced_epochs if threshold < 1.0 else None,
             )
             callbacks.append(neq[run])
             if run == followed:
@@ -406,6 +411,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epsilon", type=float, default=1e-3)
     parser.add_argument("--skip-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--forced-epochs",
+        type=int,
+        default=None,
+        help="neq_skip's forced_epochs (default: None, frozen for good)",
+    )
     parser.add_argument(
         "--schedule", choices=("step", "cosine"), default="step"
     )

@@ -18,7 +18,7 @@ import numpy as np
 from keras_serene.core import callback_backup
 
 NAME = "equilibrium_freezing"
-_FIELDS = ("phi", "state", "velocity", "frozen", "applied")
+_FIELDS = ("phi", "state", "velocity", "frozen", "applied", "forced")
 
 
 def save_state(directory, epoch, records, history):
@@ -27,6 +27,7 @@ def save_state(directory, epoch, records, history):
     for i, record in enumerate(records):
         for field in _FIELDS:
             arrays[f"{i}_{field}"] = getattr(record, field)
+        arrays[f"{i}_forced_epochs"] = np.array(record.forced_epochs)
         for j, maps in enumerate(record.previous or ()):
             arrays[f"{i}_previous_{j}"] = keras.ops.convert_to_numpy(maps)
     callback_backup.save(directory, NAME, epoch, {"history": history}, arrays)
@@ -43,11 +44,15 @@ def load_state(directory, epoch, records):
         return None
     meta, data = saved
     for i, record in enumerate(records):
-        if f"{i}_phi" not in data or data[f"{i}_phi"].shape != (record.size,):
+        keys = [f"{i}_{field}" for field in _FIELDS + ("forced_epochs",)]
+        if any(key not in data for key in keys):
+            return None
+        if data[f"{i}_phi"].shape != (record.size,):
             return None
     for i, record in enumerate(records):
         for field in _FIELDS:
             setattr(record, field, np.array(data[f"{i}_{field}"]))
+        record.forced_epochs = int(data[f"{i}_forced_epochs"])
         batches = sorted(
             (k for k in data if k.startswith(f"{i}_previous_")),
             key=lambda k: int(k.rsplit("_", 1)[1]),

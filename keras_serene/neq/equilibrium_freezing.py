@@ -131,10 +131,16 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             trade some of a layer's unsettled neurons for a skipped layer,
             the only freezing that saves wall-clock time on CPU. Needs
             `skip_frozen_layers=True`. Defaults to `1.0`. A layer frozen whole
-            stays frozen (its outputs stop changing): with a decaying
-            learning rate, `epsilon=0.03, skip_threshold=0.3` saved time
-            on 10 epochs and froze the hidden layers early on 20
-            (`docs/results_neq.md`).
+            stays frozen (its outputs stop changing) unless
+            `forced_epochs` is set: with a decaying learning rate,
+            `epsilon=0.03, skip_threshold=0.3` saved time on 10 epochs and
+            froze the hidden layers early on 20 (`docs/results_neq.md`).
+        forced_epochs: None or int >= 1. After this many epochs frozen
+            whole by `skip_threshold`, a layer's neurons that were not at
+            equilibrium when it was frozen train again for one epoch and
+            are measured afresh (measured while frozen, behind frozen
+            layers, they look settled). Defaults to `None`: they stay
+            frozen while the layer's share at equilibrium holds.
         subset: None, int >= 1 or float in (0, 1]. Keep only this many (or
             this fraction) samples of `validation_data`, drawn once with
             `seed`. Defaults to `None` (all).
@@ -162,6 +168,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         exclude=None,
         skip_frozen_layers=True,
         skip_threshold=1.0,
+        forced_epochs=None,
         subset=None,
         seed=0,
         backup_dir=None,
@@ -191,6 +198,17 @@ class EquilibriumFreezing(keras.callbacks.Callback):
                 "be 1.0 when skip_frozen_layers=False (a layer frozen whole "
                 "only saves time when it is skipped)",
                 skip_threshold,
+            )
+        self.forced_epochs = checks.check_int(
+            CALLER, "forced_epochs", forced_epochs, minimum=1, allow_none=True
+        )
+        if self.forced_epochs is not None and self.skip_threshold >= 1.0:
+            checks.fail(
+                CALLER,
+                "forced_epochs",
+                "be None when skip_threshold=1.0 (no layer is frozen whole "
+                "before its neurons settle)",
+                forced_epochs,
             )
         self.seed = checks.check_int(CALLER, "seed", seed)
         if backup_dir is not None and not isinstance(backup_dir, str):
@@ -269,13 +287,9 @@ class EquilibriumFreezing(keras.callbacks.Callback):
                 self.velocity_form, dphi, record.state, self.velocity_momentum
             )
             record.phi = phi_now
-            record.frozen = eq.at_equilibrium(record.velocity, self.epsilon)
-            if (
-                record.skippable
-                and self.skip_threshold < 1.0
-                and record.frozen.mean() >= self.skip_threshold
-            ):
-                record.frozen[:] = True  # the whole layer: it is skipped
+            record.frozen = self._decide(
+                record, eq.at_equilibrium(record.velocity, self.epsilon)
+            )
         self._apply_masks()
         if self.backup_dir is not None:
             backup.save_state(
@@ -353,6 +367,28 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             self._probe = Probe(self.model, watched, passive, self.inputs)
             self._probe_key = key
         return self._probe
+
+    def _decide(self, record, settled):
+        """The neurons of `record` frozen for the next epoch: those at
+        equilibrium (`settled`), or all of them when `skip_threshold` of
+        them are. The ones frozen so without being at equilibrium are
+        `record.forced`; after `forced_epochs` epochs they train again for
+        an epoch (a velocity measured while frozen says nothing)."""
+        if not record.skippable or self.skip_threshold >= 1.0:
+            return settled
+        if record.forced.any() and self.forced_epochs is not None:
+            record.forced_epochs += 1
+            if record.forced_epochs >= self.forced_epochs:
+                frozen = settled & ~record.forced
+                record.release()
+                return frozen
+        if settled.mean() >= self.skip_threshold:
+            if not record.forced.any():
+                record.forced = ~settled
+                record.forced_epochs = 0
+            return np.ones_like(settled)
+        record.release()
+        return settled
 
     def _apply_masks(self, force=False):
         for record in self._records:
@@ -434,6 +470,7 @@ class EquilibriumFreezing(keras.callbacks.Callback):
             "exclude": self.exclude,
             "skip_frozen_layers": self.skip_frozen_layers,
             "skip_threshold": self.skip_threshold,
+            "forced_epochs": self.forced_epochs,
             "subset": self.subset,
             "seed": self.seed,
             "backup_dir": self.backup_dir,

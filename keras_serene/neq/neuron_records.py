@@ -55,10 +55,18 @@ class NeuronRecord:
         self.velocity = np.zeros(self.size)
         self.frozen = np.zeros(self.size, dtype=bool)
         self.applied = np.zeros(self.size, dtype=bool)
+        self.release()
         self.flops = backprop_flops(self.layer, self.weights, self.positions)
         self.input_flops = input_gradient_flops(
             self.layer, self.weights, self.positions
         )
+
+    def release(self):
+        """Forgets which neurons were frozen without being at equilibrium
+        (`EquilibriumFreezing(skip_threshold=...)` froze their layer whole)
+        and for how many epochs."""
+        self.forced = np.zeros(self.size, dtype=bool)
+        self.forced_epochs = 0
 
 
 def _kernel_macs(layer, weight, positions):

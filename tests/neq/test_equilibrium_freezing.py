@@ -358,6 +358,36 @@ def test_skip_threshold_freezes_a_mostly_settled_layer_whole(threshold):
     assert not moved.any() if whole else moved.all()
 
 
+@pytest.mark.parametrize("forced_epochs", [None, 1, 2])
+def test_forced_epochs_lets_a_layer_frozen_whole_train_again(forced_epochs):
+    # The conv is frozen whole when its dead channel settles (threshold
+    # 0.3); frozen, in front of the network, its outputs stop changing, so
+    # its live channels look settled too and it would stay frozen for good.
+    # With forced_epochs=k the live channels train again after k epochs.
+    x, y = _data()
+    model = _conv_model()
+    _compile(model, keras.optimizers.SGD(0.1, momentum=0.9))
+    neq = ks.callbacks.EquilibriumFreezing(
+        x, subset=32, skip_threshold=0.3, forced_epochs=forced_epochs
+    )
+    snaps = _Snapshots(["conv"])
+    model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[neq, snaps])
+    trained = {None: [0], 1: [0, 2, 4], 2: [0, 3]}[forced_epochs]
+    frozen = [h["frozen"]["conv"] for h in neq.history]
+    # Epoch 0 is the warm-up; a released epoch freezes the dead channel only.
+    assert frozen == [
+        0 if e == 0 else (1 if e in trained else 3) for e in range(6)
+    ]
+    for epoch in range(6):
+        kernel_b, _ = snaps.begin[epoch]["conv"]
+        kernel_e, _ = snaps.end[epoch]["conv"]
+        moved = (kernel_b != kernel_e).any(axis=(0, 1, 2))
+        assert moved.tolist() == [epoch in trained] * 2 + [False], epoch
+        assert neq.history[epoch]["skipped"] == (
+            [] if epoch in trained else ["conv"]
+        )
+
+
 def test_mlp_defaults_freeze_dense_units_but_never_the_output_layer():
     x, y = _data()
     x = x.reshape(len(x), -1)
@@ -536,13 +566,21 @@ def _backup_model():
     return model
 
 
+FORCED = dict(skip_threshold=0.5, forced_epochs=1)
+
+
+@pytest.mark.parametrize("forced", [False, True])
 @pytest.mark.parametrize("kill", sorted(harness.KILL_POINTS))
-def test_backup_and_restore_resumes_bit_identical(tmp_path, kill):
+def test_backup_and_restore_resumes_bit_identical(tmp_path, kill, forced):
     x, y = _data()
     kwargs = dict(epochs=5, batch_size=16, verbose=0, shuffle=False)
+    neq_kwargs = dict(epsilon=0.02, **(FORCED if forced else {}))
     reference = _backup_model()
-    neq = ks.callbacks.EquilibriumFreezing(x, epsilon=0.02)
+    neq = ks.callbacks.EquilibriumFreezing(x, **neq_kwargs)
     reference.fit(x, y, callbacks=[neq], **kwargs)
+    if forced:  # frozen whole in epochs 1 and 3, released in 2 and 4
+        skipped = [bool(h["skipped"]) for h in neq.history]
+        assert skipped == [False, True, False, True, False], skipped
     frozen = [h["frozen_fraction"] for h in neq.history]
     # Neurons are frozen in the epochs after the kill: the resumed fit can
     # only match if it restores NEq's state, not start with a warm-up.
@@ -557,7 +595,7 @@ def test_backup_and_restore_resumes_bit_identical(tmp_path, kill):
             y,
             callbacks=[
                 ks.callbacks.EquilibriumFreezing(
-                    x, epsilon=0.02, backup_dir=directory
+                    x, backup_dir=directory, **neq_kwargs
                 ),
                 backup,
                 interrupt(2),
@@ -569,7 +607,7 @@ def test_backup_and_restore_resumes_bit_identical(tmp_path, kill):
     assert harness.state_files(directory, "equilibrium_freezing")
     resumed = _backup_model()  # a fresh process would start like this
     neq_resumed = ks.callbacks.EquilibriumFreezing(
-        x, epsilon=0.02, backup_dir=directory
+        x, backup_dir=directory, **neq_kwargs
     )
     backup, _ = harness.backup_for(directory, kill)
     resumed.fit(x, y, callbacks=[backup, neq_resumed], **kwargs)
@@ -614,6 +652,7 @@ def test_config_round_trip():
         exclude=["bn"],
         skip_frozen_layers=True,
         skip_threshold=0.75,
+        forced_epochs=2,
         subset=4,
         seed=7,
         backup_dir="/tmp/neq",
@@ -628,6 +667,7 @@ def test_config_round_trip():
         "exclude": ["bn"],
         "skip_frozen_layers": True,
         "skip_threshold": 0.75,
+        "forced_epochs": 2,
         "subset": 4,
         "seed": 7,
         "backup_dir": "/tmp/neq",
@@ -683,6 +723,12 @@ def test_bad_inputs_name_the_problem():
         ValueError, match="skip_frozen_layers=False.*skip_threshold=0.5"
     ):
         cls(x, skip_threshold=0.5, skip_frozen_layers=False)
+    with pytest.raises(ValueError, match=r">= 1.*forced_epochs=0"):
+        cls(x, skip_threshold=0.5, forced_epochs=0)
+    with pytest.raises(TypeError, match="forced_epochs=1.5"):
+        cls(x, skip_threshold=0.5, forced_epochs=1.5)
+    with pytest.raises(ValueError, match="skip_threshold=1.0.*forced_epochs=2"):
+        cls(x, forced_epochs=2)
     with pytest.raises(TypeError, match="layers='conv'"):
         cls(x, layers="conv")
     with pytest.raises(TypeError, match="backup_dir=3"):
