@@ -27,7 +27,7 @@ def save_state(directory, epoch, records, history):
     for i, record in enumerate(records):
         for field in _FIELDS:
             arrays[f"{i}_{field}"] = getattr(record, field)
-        arrays[f"{i}_forced_epochs"] = np.array(record.forced_epochs)
+        arrays[f"{i}_frozen_for"] = np.array(record.frozen_for)
         for j, maps in enumerate(record.previous or ()):
             arrays[f"{i}_previous_{j}"] = keras.ops.convert_to_numpy(maps)
     callback_backup.save(directory, NAME, epoch, {"history": history}, arrays)
@@ -44,7 +44,7 @@ def load_state(directory, epoch, records):
         return None
     meta, data = saved
     for i, record in enumerate(records):
-        keys = [f"{i}_{field}" for field in _FIELDS + ("forced_epochs",)]
+        keys = [f"{i}_{field}" for field in _FIELDS + ("frozen_for",)]
         if any(key not in data for key in keys):
             return None
         if data[f"{i}_phi"].shape != (record.size,):
@@ -52,7 +52,7 @@ def load_state(directory, epoch, records):
     for i, record in enumerate(records):
         for field in _FIELDS:
             setattr(record, field, np.array(data[f"{i}_{field}"]))
-        record.forced_epochs = int(data[f"{i}_forced_epochs"])
+        record.frozen_for = int(data[f"{i}_frozen_for"])
         batches = sorted(
             (k for k in data if k.startswith(f"{i}_previous_")),
             key=lambda k: int(k.rsplit("_", 1)[1]),

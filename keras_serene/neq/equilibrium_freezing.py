@@ -377,15 +377,15 @@ class EquilibriumFreezing(keras.callbacks.Callback):
         if not record.skippable or self.skip_threshold >= 1.0:
             return settled
         if record.forced.any() and self.forced_epochs is not None:
-            record.forced_epochs += 1
-            if record.forced_epochs >= self.forced_epochs:
+            record.frozen_for += 1
+            if record.frozen_for >= self.forced_epochs:
                 frozen = settled & ~record.forced
                 record.release()
                 return frozen
         if settled.mean() >= self.skip_threshold:
             if not record.forced.any():
                 record.forced = ~settled
-                record.forced_epochs = 0
+                record.frozen_for = 0
             return np.ones_like(settled)
         record.release()
         return settled

@@ -66,7 +66,7 @@ class NeuronRecord:
         (`EquilibriumFreezing(skip_threshold=...)` froze their layer whole)
         and for how many epochs."""
         self.forced = np.zeros(self.size, dtype=bool)
-        self.forced_epochs = 0
+        self.frozen_for = 0
 
 
 def _kernel_macs(layer, weight, positions):
