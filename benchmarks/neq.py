@@ -66,7 +66,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import keras_serene as ks  # noqa: E402
 from keras_serene.app import datasets  # noqa: E402
@@ -233,18 +232,6 @@ class Give(keras.callbacks.Callback):
         self.take.baton.give(self.take.name)
 
 
-def _dataset(x, y, batch, seed):
-    """Seeded batches, reshuffled each epoch, in the same order as
-    shuffling the images themselves. The shuffle buffer holds indices, not
-    images: at full scale one buffer of the images is 186 MB per run,
-    refilled in a background thread at every epoch start."""
-    x, y = tf.constant(x), tf.constant(y)
-    order = tf.data.Dataset.range(len(x)).shuffle(
-        len(x), seed=seed, reshuffle_each_iteration=True
-    )
-    return order.batch(batch).map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
-
-
 def _model(name, cfg, seed, steps_per_epoch, run, schedule):
     keras.utils.set_random_seed(seed)
     model = zoo.get(name, **cfg["kwargs"])
@@ -318,7 +305,11 @@ def run_seed(name, cfg, data, seed, args):
             random_freezing = RandomFreezing(neq_counts, seed)
             callbacks.append(random_freezing)
         callbacks.append(Give(take))
-        jobs[run] = (model, callbacks, _dataset(x, y, args.batch, seed))
+        jobs[run] = (
+            model,
+            callbacks,
+            datasets.shuffled_batches(x, y, args.batch, seed),
+        )
 
     def work(run):
         model, callbacks, dataset = jobs[run]

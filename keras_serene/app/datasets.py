@@ -171,7 +171,10 @@ def shuffled_batches(x, y, batch_size, seed):
     note). Here a seeded `tf.data` shuffle with
     `reshuffle_each_iteration=True` draws a new order each epoch, the same
     sequence of orders for the same `seed`; the dataset's length is known,
-    so `fit` knows its steps per epoch.
+    so `fit` knows its steps per epoch. The shuffle buffer holds indices,
+    not samples (the same orders as shuffling the samples): a buffer of the
+    samples would copy all of full Fashion-MNIST (186 MB as float32) and
+    refill it in a background thread at every epoch start.
 
     Args:
         x: Array of inputs.
@@ -189,10 +192,12 @@ def shuffled_batches(x, y, batch_size, seed):
         )
     import tensorflow as tf
 
+    x, y = tf.constant(x), tf.constant(y)
     return (
-        tf.data.Dataset.from_tensor_slices((x, y))
+        tf.data.Dataset.range(len(x))
         .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
+        .map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
     )
 
 
